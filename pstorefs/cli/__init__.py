@@ -1,0 +1,1 @@
+"""Command-line front ends: `pstorefs` (the mount) and `pstorectl` (offline)."""

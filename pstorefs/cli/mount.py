@@ -1,0 +1,169 @@
+"""`pstorefs SOURCE MOUNTPOINT [-o OPTS] [-f] [-d]`: mount a pstore partition.
+
+Returns once the mount is live: the filesystem is mounted in the foreground
+(`pyfuse3.init`), then the process daemonizes and the parent exits 0 only after the
+daemon reports it is serving, so `mount`, fstab and scripts can use it at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from pstorefs import __version__
+from pstorefs.cli.options import OPTIONS_HELP, ArgumentParser, MountOptions, parse_options
+from pstorefs.errors import PstoreError, SourceError, UsageError
+from pstorefs.fs import Operations, Ownership
+from pstorefs.store import open_store
+
+log = logging.getLogger("pstorefs")
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="pstorefs",
+        description="Mount a pstore/blk partition (or an image of it): each crash record "
+                    "the kernel left there is a file; rm erases it on the device.",
+        epilog=OPTIONS_HELP + "\nexit status: 0 mounted, 1 error, 2 bad usage",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", metavar="SOURCE", help="block device or image file")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="mount options (below)")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("-d", "--debug", action="store_true", help="debug logging (implies -f)")
+    p.add_argument("--version", action="version", version=f"pstorefs {__version__}")
+    return p
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pstorefs: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _log_to_syslog() -> None:
+    """Once daemonized, log lines go to syslog/journald (or nowhere if neither runs)."""
+    root = logging.getLogger()
+    try:
+        handler: logging.Handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter(f"pstorefs[{os.getpid()}]: %(message)s"))
+    except OSError:
+        handler = logging.NullHandler()
+    root.handlers[:] = [handler]
+
+
+def _fuse_options(source: str, opts: MountOptions, read_only: bool) -> set[str]:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(",", "\\,")
+
+    fsname = opts.fsname or os.path.abspath(source)
+    fuse = {f"fsname={escape(fsname)}", f"subtype={escape(opts.subtype)}",
+            "nodev", "nosuid", "noexec"}
+    if read_only:
+        fuse.add("ro")
+    if opts.allow_other:
+        fuse |= {"allow_other", "default_permissions"}
+    if opts.default_permissions:
+        fuse.add("default_permissions")
+    return fuse
+
+
+def _daemonize() -> Callable[[str], None]:
+    """Fork into the background; the calling process stays behind and exits with the
+    daemon's verdict. Returns the daemon's `report(verdict)`: "ok", or an error line."""
+    read_end, write_end = os.pipe()
+    if child := os.fork():
+        os.close(write_end)
+        chunks = []
+        while chunk := os.read(read_end, 4096):
+            chunks.append(chunk)
+        verdict = b"".join(chunks).decode(errors="replace")
+        os.waitpid(child, 0)
+        if verdict == "ok":
+            os._exit(0)
+        sys.stderr.write(f"pstorefs: {verdict or 'the daemon died before the mount was ready'}\n")
+        sys.stderr.flush()
+        os._exit(1)
+    os.close(read_end)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    _log_to_syslog()
+
+    def report(verdict: str) -> None:
+        os.write(write_end, verdict.encode())
+        os.close(write_end)
+
+    return report
+
+
+async def _serve(report: Callable[[str], None] | None) -> None:
+    async def stop_on_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal %s: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal)
+        if report:
+            report("ok")
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def mount(args: list[str]) -> int:
+    ns = _parser().parse_args(args)
+    _setup_logging(ns.debug)
+    try:
+        opts = parse_options(ns.options)
+        if not os.path.isdir(ns.mountpoint):
+            raise SourceError(f"{ns.mountpoint}: mount point does not exist or is not a directory")
+        store = open_store(ns.source, opts.store)
+    except UsageError as exc:
+        log.error("%s", exc)
+        return 2
+    except PstoreError as exc:
+        log.error("%s", exc)
+        return 1
+    log.debug("%s", store.describe())
+    read_only = store.read_only
+    ops = Operations(store, Ownership(opts.uid, opts.gid, opts.umask), read_only=read_only)
+    try:
+        pyfuse3.init(ops, ns.mountpoint, _fuse_options(ns.source, opts, read_only))
+    except RuntimeError as exc:
+        log.error("cannot mount %s on %s: %s", ns.source, ns.mountpoint, exc)
+        store.close()
+        return 1
+    report = None if ns.foreground or ns.debug else _daemonize()
+    unmount = False
+    try:
+        trio.run(_serve, report)
+        unmount = True
+    finally:
+        pyfuse3.close(unmount=unmount)
+        store.close()
+    return 0
+
+
+def main() -> None:
+    sys.exit(mount(sys.argv[1:]))

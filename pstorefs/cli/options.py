@@ -1,0 +1,147 @@
+"""`-o` mount options: the kernel's parameter names, libfuse's, and mount(8)'s noise.
+
+mount(8) and mount.fuse3 hand the helper every option of an fstab line, so the
+filesystem-independent ones are accepted and ignored; anything else unknown is an
+error, since a mistyped size would otherwise show the wrong records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import pwd
+from dataclasses import dataclass, field
+
+from pstorefs.errors import UsageError
+from pstorefs.format.abi import ABIS
+from pstorefs.store import StoreConfig
+
+GENERIC_MOUNT_OPTIONS = frozenset("""
+    defaults auto noauto nofail _netdev user nouser users owner noowner group nogroup
+    dev nodev suid nosuid exec noexec rw atime noatime diratime nodiratime relatime
+    norelatime strictatime nostrictatime lazytime nolazytime sync async dirsync mand
+    nomand iversion noiversion silent loud nosymfollow symfollow bind rbind
+""".split())
+"""Options of mount(8) that say nothing to pstorefs (see mount(8), FILESYSTEM-INDEPENDENT
+MOUNT OPTIONS); mount.fuse3 adds `dev,suid` to every command it runs."""
+
+GENERIC_PREFIXES = ("x-", "X-", "comment=", "context=", "fscontext=", "defcontext=",
+                    "rootcontext=")
+
+_SIZE_OPTIONS = ("kmsg_size", "pmsg_size", "console_size", "ftrace_size")
+
+
+@dataclass
+class MountOptions:
+    """Everything the `-o` list can say."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    uid: int = 0
+    gid: int = 0
+    umask: int | None = None
+    allow_other: bool = False
+    default_permissions: bool = False
+    fsname: str | None = None
+    subtype: str = "pstorefs"
+
+
+def _int(name: str, value: str, base: int = 10) -> int:
+    try:
+        return int(value, base)
+    except ValueError:
+        unit = " (KiB)" if name in _SIZE_OPTIONS else ""
+        raise UsageError(f"{name}={value}: not an integer{unit}") from None
+
+
+def _user(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise UsageError(f"uid={value}: no such user") from None
+
+
+def _group(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise UsageError(f"gid={value}: no such group") from None
+
+
+def parse_options(groups: list[str]) -> MountOptions:
+    """Parse every `-o` group (comma-separated `key[=value]`; the last of a key wins)."""
+    opts = MountOptions()
+    store: dict[str, object] = {}
+    for group in groups:
+        for item in group.split(","):
+            key, has_value, value = item.partition("=")
+            if not item or item in GENERIC_MOUNT_OPTIONS or item.startswith(GENERIC_PREFIXES):
+                continue
+            if key in _SIZE_OPTIONS or key == "nr_cpus":
+                if not has_value:
+                    raise UsageError(f"{key} needs a value")
+                store[key] = _int(key, value)
+            elif key == "name" and has_value:
+                if not value or "/" in value or "\0" in value:
+                    raise UsageError(f"name={value}: must be a non-empty name without '/'")
+                store["name"] = value
+            elif key == "system_map" and has_value and value:
+                store["system_map"] = value
+            elif key == "abi" and has_value:
+                if value != "auto" and value not in ABIS:
+                    raise UsageError(f"abi={value}: must be auto, " + " or ".join(ABIS))
+                store["abi"] = value
+            elif item == "ro":
+                store["read_only"] = True
+            elif item == "rw":
+                store["read_only"] = False
+            elif key == "uid" and has_value:
+                opts.uid = _user(value)
+            elif key == "gid" and has_value:
+                opts.gid = _group(value)
+            elif key == "umask" and has_value:
+                opts.umask = _int(key, value, 8) & 0o777
+            elif item == "allow_other":
+                opts.allow_other = True
+            elif item == "default_permissions":
+                opts.default_permissions = True
+            elif key == "fsname" and has_value and value:
+                opts.fsname = value
+            elif key == "subtype" and has_value and value:
+                opts.subtype = value
+            else:
+                raise UsageError(f"unknown mount option '{item}' (see pstorefs --help)")
+    if "nr_cpus" in store and int(store["nr_cpus"]) < 1:  # type: ignore[call-overload]
+        raise UsageError("nr_cpus must be at least 1")
+    opts.store = StoreConfig(**store)  # type: ignore[arg-type]
+    return opts
+
+
+OPTIONS_HELP = """\
+mount options (-o, comma-separated; sizes in KiB as the kernel's module parameters):
+  kmsg_size=N      size of each dmesg zone (default 64)
+  pmsg_size=N      pmsg zone (default 0: off; a size <= 0 turns an area off)
+  console_size=N   console zone (default 0)
+  ftrace_size=N    ftrace area, split over nr_cpus zones (default 0)
+  nr_cpus=N        the writer's nr_cpu_ids: how many ftrace zones (default 1)
+  name=NAME        back-end name in file names (default blkoops; the kernel's: pstore_blk)
+  system_map=PATH  the writer's System.map (or .gz): function names in ftrace text
+  abi=auto|x86_64|i386
+                   the writer's ABI (default auto: detected from the headers)
+  ro               never write; rm fails with EROFS
+  uid=, gid=       owner of the files (default root)
+  umask=OCTAL      directory mode 0777 & ~umask, files 0444 & ~umask (default 0750/0444)
+  allow_other      let other users in (implies default_permissions)
+  default_permissions, fsname=, subtype=   as in libfuse (defaults: SOURCE, pstorefs)
+  mount(8) options (defaults, nofail, noauto, _netdev, dev, suid, x-*, ...) are ignored.
+"""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message}\n")

@@ -1,0 +1,119 @@
+"""Parsing pstore/zone headers and the kernel's verdict on each zone (fs/pstore/zone.c)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from construct import ConstructError, Struct
+
+from pstorefs.errors import FormatError
+from pstorefs.format.abi import Abi, kmsg_header_struct, zone_header_struct
+from pstorefs.format.consts import (
+    PSTORE_KMSG_HEADER_MAGIC,
+    PSZ_BUFFER_SIZE,
+    PstoreType,
+    kmsg_dump_reason_str,
+    zone_sig,
+)
+
+
+def parse(struct: Struct, buf: bytes, offset: int, what: str) -> object:
+    """The one entry point for parsing: a ConstructError becomes a FormatError naming
+    the struct and the offset."""
+    try:
+        return struct.parse(buf)
+    except ConstructError as exc:
+        raise FormatError(what, offset) from exc
+
+
+@dataclass(frozen=True)
+class ZoneHeader:
+    """`struct psz_buffer` as read from a zone."""
+
+    sig: int
+    datalen: int
+    start: int
+
+
+@dataclass(frozen=True)
+class KmsgHeader:
+    """`struct psz_kmsg_header` as read after a dmesg zone's header."""
+
+    magic: int
+    tv_sec: int
+    tv_nsec: int
+    compressed: bool
+    counter: int
+    reason: int
+
+    @property
+    def time_ns(self) -> int | None:
+        """The record time in ns, or None where inode.c keeps the mount time
+        (`tv_sec == 0`)."""
+        if self.tv_sec == 0:
+            return None
+        ns = self.tv_sec * 1_000_000_000 + self.tv_nsec
+        return max(-(1 << 63), min(ns, (1 << 63) - 1))
+
+
+def parse_zone_header(abi: Abi, buf: bytes, offset: int) -> ZoneHeader:
+    h = parse(zone_header_struct(abi), buf[:PSZ_BUFFER_SIZE], offset, "zone header")
+    return ZoneHeader(h.sig, h.datalen, h.start)
+
+
+def parse_kmsg_header(abi: Abi, buf: bytes, offset: int) -> KmsgHeader:
+    s = kmsg_header_struct(abi)
+    h = parse(s, buf[:s.sizeof()], offset, "dmesg header")
+    return KmsgHeader(h.magic, h.tv_sec, h.tv_nsec, h.compressed != 0, h.counter, h.reason)
+
+
+def ring_zone_ok(header: ZoneHeader, ptype: PstoreType, buffer_size: int) -> bool:
+    """`psz_recover_zone`'s verdict for a pmsg/console/ftrace zone: the signature is
+    the type's, `datalen` and `start` are within the buffer (the kernel compares them
+    as unsigned, so negatives are "overtop"), and the zone is not erased.
+
+    The kernel does not check `start <= datalen` and fails its whole recovery on such
+    a zone; here that zone alone is skipped.
+    """
+    return (header.sig == zone_sig(ptype)
+            and 0 < header.datalen <= buffer_size
+            and 0 <= header.start <= header.datalen)
+
+
+def kmsg_zone_ok(header: ZoneHeader, kmsg: KmsgHeader, abi: Abi, buffer_size: int) -> bool:
+    """`psz_kmsg_recover_meta`'s verdict for a dmesg zone holding a record.
+
+    A `datalen` shorter than the dmesg header would make the kernel copy past its
+    buffer; such a zone is treated as invalid.
+    """
+    return (header.sig == zone_sig(PstoreType.DMESG)
+            and abi.kmsg_header_size <= header.datalen <= buffer_size
+            and kmsg.magic == PSTORE_KMSG_HEADER_MAGIC)
+
+
+def ring_unwrap(data: bytes, header: ZoneHeader) -> bytes:
+    """A ring zone's bytes in write order: `[start, datalen)` then `[0, start)`."""
+    return data[header.start:header.datalen] + data[:header.start]
+
+
+def kmsg_prefix(kmsg: KmsgHeader) -> bytes:
+    """The line `psz_kmsg_read` puts before an uncompressed record:
+    `"%s: Total %d times\\n"` — `%d`, so the u32 counter prints signed."""
+    counter = kmsg.counter - (1 << 32) if kmsg.counter >= 1 << 31 else kmsg.counter
+    return f"{kmsg_dump_reason_str(kmsg.reason)}: Total {counter} times\n".encode()
+
+
+def kmsg_layout_fits(abi: Abi, buf: bytes) -> bool:
+    """Whether the bytes after a dmesg zone's header read as this ABI's
+    `psz_kmsg_header` written by a kernel: the magic, a `tv_nsec` below one second,
+    `compressed` 0 or 1, and zero padding (the kernel kzallocs the buffer it fills).
+    This is what tells a 28-byte i386 header from a 40-byte 64-bit one."""
+    s = kmsg_header_struct(abi)
+    raw = buf[:s.sizeof()]
+    if len(raw) < s.sizeof():
+        return False
+    h = s.parse(raw)
+    return (h.magic == PSTORE_KMSG_HEADER_MAGIC
+            and 0 <= h.tv_nsec < 1_000_000_000
+            and h.compressed in (0, 1)
+            and s.build(h) == raw)

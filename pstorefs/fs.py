@@ -1,0 +1,271 @@
+"""The FUSE adapter: records of a `Store` as files of one flat directory.
+
+Thin by design: names, sizes, contents and erasing all come from the store; this
+module maps them to inodes and errnos and keeps the kernel's lookup counts. Blocking
+store calls (device reads, decoding, fdatasync) run in worker threads so the event
+loop keeps answering.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pyfuse3
+import trio
+
+from pstorefs.errors import PstoreError
+from pstorefs.store import Record, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FILE_MODE = 0o444
+DIR_MODE = 0o750
+"""The kernel's modes in /sys/fs/pstore (fs/pstore/inode.c)."""
+
+TIMEOUT = 300.0
+"""Records never change behind our back (the source is held exclusively) and every
+removal goes through `unlink`, so the kernel may cache entries and attributes long."""
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Owner and modes of the files (`uid=`, `gid=`, `umask=`)."""
+
+    uid: int = 0
+    gid: int = 0
+    umask: int | None = None
+
+    @property
+    def file_mode(self) -> int:
+        return FILE_MODE if self.umask is None else FILE_MODE & ~self.umask
+
+    @property
+    def dir_mode(self) -> int:
+        return DIR_MODE if self.umask is None else 0o777 & ~self.umask
+
+
+class Operations(pyfuse3.Operations):
+    """One directory (the root) holding one file per record.
+
+    Inodes are `ROOT_INODE + 1 + index` into the store's record list, fixed for the
+    life of the mount. `unlink` erases on the device and removes the name; the inode
+    lives on, readable, until the kernel forgets it (pyfuse3's unlink rule).
+    """
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, store: Store, ownership: Ownership, *, read_only: bool) -> None:
+        super().__init__()
+        self.store = store
+        self.ownership = ownership
+        self.read_only = read_only
+        self.mount_time_ns = time.time_ns()
+        self._records = list(store.records)
+        self._listed = set(range(len(self._records)))
+        self._lookups: dict[int, int] = {}
+        self._open: dict[int, bytes] = {}
+        self._next_fh = 1
+        self._erase_lock = trio.Lock()
+
+    # -- helpers ------------------------------------------------------------------
+    async def _call(self, func: Callable[..., T], *args: object) -> T:
+        """Run a blocking store call in a worker thread; its errors become errnos."""
+        try:
+            return await trio.to_thread.run_sync(func, *args)
+        except PstoreError as exc:
+            log.error("%s", exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            log.error("%s: %s", self.store.describe(), exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    def _index(self, inode: int) -> int:
+        index = inode - pyfuse3.ROOT_INODE - 1
+        if not 0 <= index < len(self._records):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return index
+
+    def _root_attrs(self) -> pyfuse3.EntryAttributes:
+        attrs = self._base_attrs(pyfuse3.ROOT_INODE, stat.S_IFDIR | self.ownership.dir_mode)
+        attrs.st_nlink = 2
+        attrs.st_size = 0
+        return attrs
+
+    def _base_attrs(self, inode: int, mode: int) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = inode
+        attrs.st_mode = mode
+        attrs.st_uid = self.ownership.uid
+        attrs.st_gid = self.ownership.gid
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = self.mount_time_ns
+        attrs.entry_timeout = attrs.attr_timeout = TIMEOUT
+        return attrs
+
+    async def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
+        if inode == pyfuse3.ROOT_INODE:
+            return self._root_attrs()
+        entry = await self._call(self.store.entry, self._records[self._index(inode)])
+        attrs = self._base_attrs(inode, stat.S_IFREG | self.ownership.file_mode)
+        attrs.st_size = entry.size
+        attrs.st_blksize = 4096
+        attrs.st_blocks = (entry.size + 511) // 512
+        if entry.time_ns is not None:
+            attrs.st_mtime_ns = attrs.st_ctime_ns = entry.time_ns
+        return attrs
+
+    def _remember(self, inode: int) -> None:
+        self._lookups[inode] = self._lookups.get(inode, 0) + 1
+
+    async def _find(self, name: bytes) -> int:
+        try:
+            text = os.fsdecode(name)
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        record: Record | None = await self._call(self.store.find, text)
+        if record is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        index = self._records.index(record)
+        if index not in self._listed:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return pyfuse3.ROOT_INODE + 1 + index
+
+    def _refuse_write(self) -> pyfuse3.FUSEError:
+        return pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EPERM)
+
+    # -- the directory ----------------------------------------------------------------
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if parent_inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if name in (b".", b".."):
+            inode = pyfuse3.ROOT_INODE
+        else:
+            inode = await self._find(name)
+        attrs = await self._attrs(inode)
+        self._remember(inode)
+        return attrs
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attrs(inode)
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Offsets are inode numbers, so a listing resumes correctly after an rm."""
+        for index in sorted(self._listed):
+            inode = pyfuse3.ROOT_INODE + 1 + index
+            if inode <= start_id:
+                continue
+            try:
+                attrs = await self._attrs(inode)
+            except pyfuse3.FUSEError:
+                continue  # unreadable record: logged, left out of this listing
+            entry = self.store.entry(self._records[index])
+            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, inode):
+                return
+            self._remember(inode)
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            left = self._lookups.get(inode, 0) - count
+            if left > 0:
+                self._lookups[inode] = left
+            else:
+                self._lookups.pop(inode, None)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = st.f_frsize = 4096
+        st.f_blocks = st.f_bfree = st.f_bavail = 0
+        st.f_files = len(self._listed) + 1
+        st.f_ffree = st.f_favail = 0
+        st.f_namemax = 255
+        return st
+
+    # -- files ---------------------------------------------------------------------------
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EACCES)
+        body = await self._call(self.store.read, self._records[self._index(inode)])
+        fh = self._next_fh
+        self._next_fh += 1
+        self._open[fh] = body
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self._open[fh][off:off + size]
+
+    async def release(self, fh: int) -> None:
+        self._open.pop(fh, None)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if parent_inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        async with self._erase_lock:
+            inode = await self._find(name)
+            index = self._index(inode)
+            await self._call(self.store.erase, self._records[index])
+            self._listed.discard(index)
+
+    # -- every other write is refused ------------------------------------------------------
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse_write()
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise self._refuse_write()
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse_write()
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse_write()
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise self._refuse_write()
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        raise self._refuse_write()
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse_write()
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse_write()
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise self._refuse_write()
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        raise self._refuse_write()
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise self._refuse_write()

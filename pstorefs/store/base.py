@@ -1,0 +1,76 @@
+"""What every back end's store offers the layers above: records, their files, erase."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pstorefs.format.consts import PstoreType
+from pstorefs.store.geometry import Zone
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as found from the zone headers, before any body is read.
+
+    `snapshot` holds the header bytes of each zone as they were when listed: erase
+    writes only if the disk still holds exactly these.
+    """
+
+    type: PstoreType
+    id: int
+    zones: tuple[Zone, ...]
+    time_ns: int | None = None
+    compressed: bool = False
+    reason: int | None = None
+    counter: int | None = None
+    snapshot: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How a record appears as a file: its name, size and time (None: mount time)."""
+
+    name: str
+    size: int
+    time_ns: int | None
+
+
+class Store(ABC):
+    """A source opened by one back end. Thread-safe: the FUSE layer calls it from
+    worker threads."""
+
+    read_only: bool
+
+    @property
+    @abstractmethod
+    def records(self) -> Sequence[Record]:
+        """Every record found, in the kernel's read order."""
+
+    @abstractmethod
+    def entry(self, record: Record) -> Entry:
+        """The file for `record`; may decode it (the name and size depend on that)."""
+
+    @abstractmethod
+    def read(self, record: Record) -> bytes:
+        """The file's content: what `cat` shows."""
+
+    @abstractmethod
+    def erase(self, record: Record) -> None:
+        """Erase `record` on the device exactly as the kernel would, durably."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line naming the source and the layout in use, for logs."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the source."""
+
+    def find(self, name: str) -> Record | None:
+        """The record whose file is called `name`."""
+        for record in self.records:
+            if self.entry(record).name == name:
+                return record
+        return None

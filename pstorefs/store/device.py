@@ -1,0 +1,163 @@
+"""The source: a block device or an image file, opened once and held exclusively.
+
+All I/O of pstorefs goes through `Device`, so this is where exclusivity, read-only
+detection and durability are decided:
+
+* a second pstorefs, or the kernel's own pstore_blk, must not write beside us: the
+  source is `flock`ed (a POSIX lock would not survive the daemonizing fork), a loop
+  device's backing file is locked as well (one image behind two loop devices is one
+  source), and a block device is opened O_EXCL, which fails while a filesystem or
+  another exclusive holder has it;
+* a source that refuses writing (write-protected card, `blockdev --setro`, a read-only
+  file) is used read-only;
+* every write is followed by fdatasync before it is reported done.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import stat
+import struct
+
+from pstorefs.errors import DeviceError, ReadOnlyError, SourceError
+
+log = logging.getLogger(__name__)
+
+BLKROGET = 0x125E
+SECTOR_SIZE = 512
+LOOP_MAJOR = 7
+
+
+def _loop_backing_file(rdev: int) -> str | None:
+    """The file behind a loop device (or a partition of one), from sysfs."""
+    sysdir = f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}"
+    for candidate in (sysdir, os.path.join(sysdir, "..")):
+        try:
+            with open(os.path.join(candidate, "loop", "backing_file")) as fh:
+                return fh.read().strip() or None
+        except OSError:
+            continue
+    return None
+
+
+class Device:
+    """An open source: positioned reads, durable writes, exclusive for its lifetime."""
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        self.path = path
+        self._fds: list[int] = []
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise SourceError(f"{path}: no such file or device") from None
+        except OSError as exc:
+            raise SourceError(f"{path}: {exc.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise SourceError(f"{path}: is a directory, not a block device or image")
+        self.is_block_device = stat.S_ISBLK(st.st_mode)
+        if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
+            raise SourceError(f"{path}: not a block device or image file")
+        self.read_only = read_only
+        self.fd = self._open(path, st)
+        try:
+            self._lock(self.fd, path)
+            if self.is_block_device and os.major(st.st_rdev) == LOOP_MAJOR:
+                backing = _loop_backing_file(st.st_rdev)
+                if backing and os.path.exists(backing):
+                    backing_fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
+                    self._fds.append(backing_fd)
+                    self._lock(backing_fd, f"{path} (backing file {backing})")
+            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: str, st: os.stat_result) -> int:
+        excl = os.O_EXCL if self.is_block_device else 0
+        flags = os.O_CLOEXEC | excl
+        if not self.read_only:
+            try:
+                fd = os.open(path, os.O_RDWR | flags)
+            except OSError as exc:
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise self._open_error(path, exc) from None
+                log.warning("%s: cannot be opened for writing (%s): mounting read-only",
+                            path, exc.strerror)
+                self.read_only = True
+            else:
+                self._fds.append(fd)
+                if self.is_block_device and self._kernel_read_only(fd):
+                    log.warning("%s: the device is read-only: mounting read-only", path)
+                    self.read_only = True
+                return fd
+        try:
+            fd = os.open(path, os.O_RDONLY | flags)
+        except OSError as exc:
+            raise self._open_error(path, exc) from None
+        self._fds.append(fd)
+        return fd
+
+    @staticmethod
+    def _open_error(path: str, exc: OSError) -> SourceError:
+        if exc.errno == errno.EBUSY:
+            return SourceError(f"{path}: in use by another holder (a mounted filesystem, "
+                               "the kernel's pstore_blk, or another program)")
+        return SourceError(f"{path}: cannot open: {exc.strerror}")
+
+    @staticmethod
+    def _kernel_read_only(fd: int) -> bool:
+        try:
+            buf = fcntl.ioctl(fd, BLKROGET, b"\0" * 4)
+        except OSError:
+            return False
+        return struct.unpack("i", buf)[0] != 0
+
+    @staticmethod
+    def _lock(fd: int, what: str) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SourceError(f"{what}: already in use by another pstorefs") from None
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes at `offset`, or DeviceError."""
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise DeviceError(f"{self.path}: read of {length} bytes at {offset:#x} failed: "
+                              f"{exc.strerror}", exc.errno or errno.EIO) from None
+        if len(data) != length:
+            raise DeviceError(f"{self.path}: short read at {offset:#x} "
+                              f"({len(data)} of {length} bytes)")
+        return data
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset`: not durable until `sync`."""
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path}: read-only")
+        try:
+            written = os.pwrite(self.fd, data, offset)
+        except OSError as exc:
+            raise DeviceError(f"{self.path}: write at {offset:#x} failed: {exc.strerror}",
+                              exc.errno or errno.EIO) from None
+        if written != len(data):
+            raise DeviceError(f"{self.path}: short write at {offset:#x}")
+
+    def sync(self) -> None:
+        """Have every write so far on the device (fdatasync)."""
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise DeviceError(f"{self.path}: fdatasync failed: {exc.strerror}",
+                              exc.errno or errno.EIO) from None
+
+    def close(self) -> None:
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()

@@ -1,0 +1,103 @@
+"""Where the zones are: the kernel's `psz_alloc_zones`, from the module parameters."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pstorefs.errors import GeometryError
+from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType
+
+log = logging.getLogger(__name__)
+
+SZ_128M = 128 << 20
+"""pstore/zone caps the area it uses at 128 MiB since Linux 5.11."""
+
+
+@dataclass(frozen=True)
+class Zone:
+    """One zone: its type, its index among the zones of that type, and its extent."""
+
+    type: PstoreType
+    index: int
+    offset: int
+    size: int
+
+    @property
+    def buffer_size(self) -> int:
+        """Bytes after the zone header (`zone->buffer_size`)."""
+        return self.size - PSZ_BUFFER_SIZE
+
+
+def kib_to_bytes(name: str, kib: int) -> int:
+    """A size parameter as pstore/blk's `check_size` turns it into bytes: ≤ 0 turns the
+    area off; a value that is not a multiple of 4 KiB becomes `ALIGN(kib, 4096)` —
+    the kernel aligns the KiB number, not the byte count, and we read what it wrote."""
+    if kib <= 0:
+        return 0
+    size = kib * 1024
+    if size % 4096:
+        aligned = (kib + 4095) // 4096 * 4096
+        log.warning("%s=%d is not a multiple of 4 KiB: the kernel uses %d bytes, and so do we",
+                    name, kib, aligned)
+        return aligned
+    return size
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The writer's pstore/blk parameters, in bytes (`nr_cpus` is its `nr_cpu_ids`)."""
+
+    kmsg_size: int
+    pmsg_size: int = 0
+    console_size: int = 0
+    ftrace_size: int = 0
+    nr_cpus: int = 1
+
+    def zones(self, source_size: int) -> list[Zone]:
+        """Every zone, in the kernel's order: pmsg, console, ftrace per CPU, dmesg.
+
+        Raises GeometryError where the kernel's `register_pstore_zone` would refuse.
+        """
+        total = min(source_size, SZ_128M)
+        if source_size < 4096:
+            raise GeometryError(f"the source holds {source_size} bytes; pstore/zone needs "
+                                "at least 4096")
+        if not (self.kmsg_size or self.pmsg_size or self.console_size or self.ftrace_size):
+            raise GeometryError("every zone size is 0: at least one of kmsg_size, pmsg_size, "
+                                "console_size, ftrace_size must be set")
+        if self.nr_cpus < 1:
+            raise GeometryError("nr_cpus must be at least 1")
+        zones: list[Zone] = []
+        offset = 0
+        for ptype, size in ((PstoreType.PMSG, self.pmsg_size),
+                            (PstoreType.CONSOLE, self.console_size)):
+            if size:
+                self._check_room(ptype, offset, size, total)
+                zones.append(Zone(ptype, 0, offset, size))
+                offset += size
+        if self.ftrace_size:
+            self._check_room(PstoreType.FTRACE, offset, self.ftrace_size, total)
+            per_cpu = self.ftrace_size // self.nr_cpus
+            if per_cpu <= PSZ_BUFFER_SIZE:
+                raise GeometryError(f"ftrace_size={self.ftrace_size // 1024} KiB split over "
+                                    f"{self.nr_cpus} CPUs leaves no room for records")
+            for cpu in range(self.ftrace_size // per_cpu):
+                zones.append(Zone(PstoreType.FTRACE, cpu, offset, per_cpu))
+                offset += per_cpu
+        if self.kmsg_size:
+            room = total - (self.pmsg_size + self.console_size + self.ftrace_size)
+            count = room // self.kmsg_size if room > 0 else 0
+            if count == 0:
+                raise GeometryError(f"kmsg_size={self.kmsg_size // 1024} KiB: no dmesg zone "
+                                    f"fits in the {total} bytes of the source")
+            for index in range(count):
+                zones.append(Zone(PstoreType.DMESG, index, offset, self.kmsg_size))
+                offset += self.kmsg_size
+        return zones
+
+    @staticmethod
+    def _check_room(ptype: PstoreType, offset: int, size: int, total: int) -> None:
+        if offset + size > total:
+            raise GeometryError(f"no room for the {ptype.file_prefix} zone "
+                                f"({size} bytes at {offset:#x}) in a {total}-byte source")
