@@ -25,7 +25,7 @@ if [ -n "$missing" ]; then
 fi
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
-for cmd in pstorefs; do
+for cmd in pstorefs pstorectl; do
     ln -sf "$top/.venv/bin/$cmd" "/usr/local/sbin/$cmd"
 done
 

@@ -89,6 +89,11 @@ class Operations(pyfuse3.Operations):
         except OSError as exc:
             log.error("%s: %s", self.store.describe(), exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            # A bug met on one record must not end the mount: pyfuse3 stops serving
+            # on any exception that is not a FUSEError. Logged with its traceback.
+            log.exception("internal error on %s", self.store.describe())
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     def _index(self, inode: int) -> int:
         index = inode - pyfuse3.ROOT_INODE - 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct as python_struct
 from dataclasses import dataclass
 
 from construct import ConstructError, Struct
@@ -18,11 +19,13 @@ from pstorefs.format.consts import (
 
 
 def parse(struct: Struct, buf: bytes, offset: int, what: str) -> object:
-    """The one entry point for parsing: a ConstructError becomes a FormatError naming
-    the struct and the offset."""
+    """The one entry point for parsing: a ConstructError (or, from a compiled struct,
+    a struct.error on short input) becomes a FormatError naming the struct and offset."""
+    if len(buf) < struct.sizeof():
+        raise FormatError(what, offset)
     try:
         return struct.parse(buf)
-    except ConstructError as exc:
+    except (ConstructError, python_struct.error) as exc:
         raise FormatError(what, offset) from exc
 
 

@@ -61,7 +61,7 @@ class Device:
         if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
             raise SourceError(f"{path}: not a block device or image file")
         self.read_only = read_only
-        self.fd = self._open(path, st)
+        self.fd = self._open(path)
         try:
             self._lock(self.fd, path)
             if self.is_block_device and os.major(st.st_rdev) == LOOP_MAJOR:
@@ -75,18 +75,16 @@ class Device:
             self.close()
             raise
 
-    def _open(self, path: str, st: os.stat_result) -> int:
-        excl = os.O_EXCL if self.is_block_device else 0
-        flags = os.O_CLOEXEC | excl
+    def _open(self, path: str) -> int:
+        flags = os.O_CLOEXEC | (os.O_EXCL if self.is_block_device else 0)
+        refused: OSError | None = None
         if not self.read_only:
             try:
                 fd = os.open(path, os.O_RDWR | flags)
             except OSError as exc:
                 if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                     raise self._open_error(path, exc) from None
-                log.warning("%s: cannot be opened for writing (%s): mounting read-only",
-                            path, exc.strerror)
-                self.read_only = True
+                refused = exc
             else:
                 self._fds.append(fd)
                 if self.is_block_device and self._kernel_read_only(fd):
@@ -98,6 +96,10 @@ class Device:
         except OSError as exc:
             raise self._open_error(path, exc) from None
         self._fds.append(fd)
+        if refused is not None:
+            log.warning("%s: cannot be opened for writing (%s): mounting read-only",
+                        path, refused.strerror)
+            self.read_only = True
         return fd
 
     @staticmethod

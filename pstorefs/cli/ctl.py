@@ -1,0 +1,151 @@
+"""`pstorectl`: the store without FUSE, for scripts, containers and initramfs.
+
+    pstorectl list SOURCE [-o OPTS] [--json]
+    pstorectl cat SOURCE NAME [-o OPTS]
+    pstorectl extract SOURCE DIR [-o OPTS]
+    pstorectl erase SOURCE (NAME... | --all) [-o OPTS]
+
+Same options, errors and guarantees as the mount; exit 0 ok, 1 error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+
+from pstorefs import __version__
+from pstorefs.cli.options import OPTIONS_HELP, ArgumentParser, parse_options
+from pstorefs.errors import PstoreError, UsageError
+from pstorefs.format.consts import kmsg_dump_reason_str
+from pstorefs.store import Record, Store, open_store
+
+log = logging.getLogger("pstorectl")
+
+JSON_FIELDS = ("name", "type", "size", "mtime_ns", "reason", "counter", "compressed",
+               "zone_offset")
+"""The stable fields of `list --json`, one object per record (docs/pstorectl.md)."""
+
+
+def _parser() -> ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-o", dest="options", action="append", default=[],
+                        metavar="OPT[,OPT...]", help="the mount's options")
+    p = ArgumentParser(prog="pstorectl", description="Read and erase pstore records offline.",
+                       epilog=OPTIONS_HELP + "\nexit status: 0 ok, 1 error, 2 bad usage",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"pstorectl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    ls = sub.add_parser("list", parents=[common], help="list the records")
+    ls.add_argument("source", metavar="SOURCE")
+    ls.add_argument("--json", action="store_true", help="a JSON array, one object per record")
+    cat = sub.add_parser("cat", parents=[common], help="write one record to stdout")
+    cat.add_argument("source", metavar="SOURCE")
+    cat.add_argument("name", metavar="NAME")
+    ex = sub.add_parser("extract", parents=[common], help="every record as a file in DIR")
+    ex.add_argument("source", metavar="SOURCE")
+    ex.add_argument("directory", metavar="DIR")
+    er = sub.add_parser("erase", parents=[common], help="erase records, as rm on the mount")
+    er.add_argument("source", metavar="SOURCE")
+    er.add_argument("names", metavar="NAME", nargs="*")
+    er.add_argument("--all", action="store_true", help="erase every record")
+    return p
+
+
+def _record_json(store: Store, record: Record) -> dict[str, object]:
+    entry = store.entry(record)
+    return {
+        "name": entry.name,
+        "type": record.type.file_prefix,
+        "size": entry.size,
+        "mtime_ns": entry.time_ns,
+        "reason": kmsg_dump_reason_str(record.reason) if record.reason is not None else None,
+        "counter": record.counter,
+        "compressed": record.compressed,
+        "zone_offset": record.zones[0].offset,
+    }
+
+
+def _find(store: Store, name: str) -> Record:
+    record = store.find(name)
+    if record is None:
+        raise PstoreError(f"{name}: no such record")
+    return record
+
+
+def _list(store: Store, as_json: bool) -> None:
+    rows = [_record_json(store, r) for r in store.records]
+    if as_json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    for row in rows:
+        when = ("-" if row["mtime_ns"] is None else
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(row["mtime_ns"]) // 10**9)))
+        print(f"{row['name']:<32} {row['size']:>9}  {when}  {row['reason'] or ''}")
+
+
+def _extract(store: Store, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    now = time.time_ns()
+    for record in store.records:
+        entry = store.entry(record)
+        path = os.path.join(directory, entry.name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(store.read(record))
+        stamp = entry.time_ns if entry.time_ns is not None else now
+        os.utime(path, ns=(now, stamp))
+
+
+def _erase(store: Store, names: list[str], everything: bool) -> None:
+    if everything == bool(names):
+        raise UsageError("erase: give record names or --all, not both or neither")
+    records = list(store.records) if everything else [_find(store, n) for n in names]
+    for record in records:
+        store.erase(record)
+        print(f"erased {store.entry(record).name}")
+
+
+def ctl(args: list[str]) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pstorectl: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().setLevel(logging.WARNING)
+    ns = _parser().parse_args(args)
+    try:
+        opts = parse_options(ns.options)
+        config = opts.store
+        if ns.command != "erase" and not config.read_only:
+            config = dataclasses.replace(config, read_only=True)
+        store = open_store(ns.source, config)
+        try:
+            if ns.command == "list":
+                _list(store, ns.json)
+            elif ns.command == "cat":
+                sys.stdout.buffer.write(store.read(_find(store, ns.name)))
+            elif ns.command == "extract":
+                _extract(store, ns.directory)
+            else:
+                _erase(store, ns.names, ns.all)
+        finally:
+            store.close()
+    except UsageError as exc:
+        log.error("%s", exc)
+        return 2
+    except PstoreError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def main() -> None:
+    sys.exit(ctl(sys.argv[1:]))
+
