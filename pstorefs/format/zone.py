@@ -109,8 +109,10 @@ def kmsg_prefix(kmsg: KmsgHeader) -> bytes:
 def kmsg_layout_fits(abi: Abi, buf: bytes) -> bool:
     """Whether the bytes after a dmesg zone's header read as this ABI's
     `psz_kmsg_header` written by a kernel: the magic, a `tv_nsec` below one second,
-    `compressed` 0 or 1, and zero padding (the kernel kzallocs the buffer it fills).
-    This is what tells a 28-byte i386 header from a 40-byte 64-bit one."""
+    `compressed` 0 or 1, zero padding (the kernel kzallocs the buffer it fills), and a
+    `tv_sec` before the year 2242 (read with the wrong ABI, a 64-bit header's seconds
+    land in the high word). This is what tells a 28-byte i386 header from a 40-byte
+    64-bit one."""
     s = kmsg_header_struct(abi)
     raw = buf[:s.sizeof()]
     if len(raw) < s.sizeof():
@@ -118,5 +120,6 @@ def kmsg_layout_fits(abi: Abi, buf: bytes) -> bool:
     h = s.parse(raw)
     return (h.magic == PSTORE_KMSG_HEADER_MAGIC
             and 0 <= h.tv_nsec < 1_000_000_000
+            and 0 <= h.tv_sec < 1 << 33
             and h.compressed in (0, 1)
             and s.build(h) == raw)

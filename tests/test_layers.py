@@ -1,0 +1,132 @@
+"""The layering rule: format is pure (construct, stdlib, itself and the errors); the
+store works without pyfuse3 and trio, so offline tools can use it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import case_by_id
+
+import pstorefs
+
+PACKAGE = Path(pstorefs.__file__).parent
+ROOT = PACKAGE.parent
+
+BLOCK = "import sys\nsys.modules['pyfuse3'] = None\nsys.modules['trio'] = None\n"
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_store_works_without_pyfuse3_and_trio() -> None:
+    case = case_by_id("x86_64-all-fronts")
+    opts = dict(kv.split("=", 1) for kv in case.meta["mount_options"].split(","))
+    sizes = {k: int(v) for k, v in opts.items() if k != "name"}
+    code = BLOCK + f"""
+import json
+try:
+    import pstorefs.fs
+except ImportError:
+    pass
+else:
+    raise SystemExit("the block does not work: pstorefs.fs imported")
+import pstorefs.format, pstorefs.format.abi, pstorefs.format.zone, pstorefs.format.ftrace
+from pstorefs.store import StoreConfig, open_store
+store = open_store({str(case.image)!r}, StoreConfig(name={opts['name']!r}, read_only=True,
+                   system_map={str(case.dir / case.meta['system_map'])!r}, **{sizes!r}))
+files = {{store.entry(r).name: len(store.read(r)) for r in store.records}}
+store.close()
+assert sys.modules['pyfuse3'] is None and sys.modules['trio'] is None
+print(json.dumps(files))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {name: len(body) for name, body in case.files.items()}
+
+
+def test_offline_tool_works_without_pyfuse3_and_trio() -> None:
+    """pstorectl is the store without FUSE: its CLI must not need pyfuse3 or trio."""
+    case = case_by_id("kmsg-plain-3oops")
+    code = BLOCK + f"""
+from pstorefs.cli import ctl
+raise SystemExit(ctl.ctl(["list", {str(case.image)!r}, "-o", {case.meta["mount_options"]!r}]))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    for name in case.files:
+        assert name in proc.stdout
+
+
+def test_format_import_pulls_in_nothing_else() -> None:
+    code = BLOCK + """
+import json
+before = set(sys.modules)
+import pstorefs.format.abi, pstorefs.format.consts, pstorefs.format.ftrace
+import pstorefs.format.kallsyms, pstorefs.format.zone
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    ours = [m for m in json.loads(proc.stdout) if m.split(".")[0] == "pstorefs"]
+    assert ours, "nothing was imported: the check would prove nothing"
+    for name in ours:
+        assert name in ("pstorefs", "pstorefs.errors") or name.startswith("pstorefs.format"), name
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    """Every module a source file imports (absolute names, relative ones resolved)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                name = f"{base}.{node.module}" if node.module else base
+            else:
+                name = node.module or ""
+            found.append((name, node.lineno))
+    return found
+
+
+def allowed_in_format(module: str) -> bool:
+    top = module.split(".")[0]
+    if top == "pstorefs":
+        return module == "pstorefs.errors" or module.startswith("pstorefs.format")
+    return top == "construct" or top in sys.stdlib_module_names or top == "__future__"
+
+
+def allowed_in_store(module: str) -> bool:
+    top = module.split(".")[0]
+    if top == "pstorefs":
+        return module == "pstorefs.errors" or module.startswith(("pstorefs.format",
+                                                                 "pstorefs.store"))
+    return top == "construct" or top in sys.stdlib_module_names or top == "__future__"
+
+
+@pytest.mark.parametrize(("layer", "allowed"), [("format", allowed_in_format),
+                                                ("store", allowed_in_store)])
+def test_layer_imports(layer: str, allowed: Callable[[str], bool]) -> None:
+    files = sorted((PACKAGE / layer).glob("*.py"))
+    assert files
+    bad = [f"{path.relative_to(ROOT)}:{line}: {module}"
+           for path in files for module, line in imports_of(path)
+           if not allowed(module)]
+    assert not bad, "imports across the layering rule:\n" + "\n".join(bad)
+
+
+def test_import_checker_catches_a_violation() -> None:
+    assert not allowed_in_format("pyfuse3")
+    assert not allowed_in_format("pstorefs.store")
+    assert not allowed_in_store("trio")
+    assert not allowed_in_store("pstorefs.fs")
+    assert allowed_in_format("pstorefs.format.abi") and allowed_in_store("zlib")
