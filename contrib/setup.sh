@@ -33,7 +33,9 @@ case "${1:-}" in
 demo)
     case_dir=tests/data/fixtures/x86_64-all-fronts
     work=$(mktemp -d /tmp/pstorefs-demo.XXXXXX)
-    trap 'fusermount3 -u "$work/mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
+    cleanup() { fusermount3 -u "$work/mnt" 2>/dev/null || true; rm -rf "$work"; }
+    trap cleanup EXIT
+    trap 'cleanup; exit 1' HUP INT TERM PIPE
     cp "$case_dir/image.bin" "$work/image.bin"
     mkdir "$work/mnt"
     show() { echo "\$ $*"; "$@"; }

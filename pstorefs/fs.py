@@ -74,7 +74,8 @@ class Operations(pyfuse3.Operations):
         self._records = list(store.records)
         self._listed = set(range(len(self._records)))
         self._lookups: dict[int, int] = {}
-        self._open: dict[int, bytes] = {}
+        self._handles: dict[int, int] = {}
+        self._bodies: dict[int, tuple[bytes, int]] = {}
         self._next_fh = 1
         self._erase_lock = trio.Lock()
 
@@ -208,17 +209,28 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EACCES)
-        body = await self._call(self.store.read, self._records[self._index(inode)])
+        if inode not in self._bodies:
+            body = await self._call(self.store.read, self._records[self._index(inode)])
+            self._bodies.setdefault(inode, (body, 0))  # another open may have won the race
+        body, opens = self._bodies[inode]
+        self._bodies[inode] = (body, opens + 1)  # one copy per inode, however many opens
         fh = self._next_fh
         self._next_fh += 1
-        self._open[fh] = body
+        self._handles[fh] = inode
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return self._open[fh][off:off + size]
+        return self._bodies[self._handles[fh]][0][off:off + size]
 
     async def release(self, fh: int) -> None:
-        self._open.pop(fh, None)
+        inode = self._handles.pop(fh, None)
+        if inode is None:
+            return
+        body, opens = self._bodies[inode]
+        if opens > 1:
+            self._bodies[inode] = (body, opens - 1)
+        else:
+            del self._bodies[inode]
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         if parent_inode != pyfuse3.ROOT_INODE:

@@ -105,10 +105,18 @@ def _extract(store: Store, directory: str) -> None:
 def _erase(store: Store, names: list[str], everything: bool) -> None:
     if everything == bool(names):
         raise UsageError("erase: give record names or --all, not both or neither")
-    records = list(store.records) if everything else [_find(store, n) for n in names]
-    for record in records:
+    if everything:
+        targets = {}
+        for record in store.records:
+            try:
+                targets[record] = store.entry(record).name
+            except PstoreError:
+                targets[record] = f"{record.type.file_prefix} record {record.id}"
+    else:
+        targets = {_find(store, name): name for name in dict.fromkeys(names)}
+    for record, name in targets.items():
         store.erase(record)
-        print(f"erased {store.entry(record).name}")
+        print(f"erased {name}")
 
 
 def ctl(args: list[str]) -> int:

@@ -26,6 +26,8 @@ from pstorefs.store import open_store
 
 log = logging.getLogger("pstorefs")
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 def _parser() -> ArgumentParser:
     p = ArgumentParser(
@@ -117,7 +119,8 @@ def _daemonize() -> Callable[[str], None]:
 
 async def _serve(report: Callable[[str], None] | None) -> None:
     async def stop_on_signal() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             async for signum in signals:
                 log.info("signal %s: unmounting", signal.Signals(signum).name)
                 pyfuse3.terminate()
@@ -142,25 +145,28 @@ def mount(args: list[str]) -> int:
     except UsageError as exc:
         log.error("%s", exc)
         return 2
-    except PstoreError as exc:
+    except (PstoreError, OSError) as exc:
         log.error("%s", exc)
         return 1
     log.debug("%s", store.describe())
     read_only = store.read_only
     ops = Operations(store, Ownership(opts.uid, opts.gid, opts.umask), read_only=read_only)
+    # Held back until the event loop listens for them: a SIGTERM between mounting
+    # and serving must still unmount.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         pyfuse3.init(ops, ns.mountpoint, _fuse_options(ns.source, opts, read_only))
     except RuntimeError as exc:
         log.error("cannot mount %s on %s: %s", ns.source, ns.mountpoint, exc)
         store.close()
         return 1
-    report = None if ns.foreground or ns.debug else _daemonize()
-    unmount = False
     try:
+        report = None if ns.foreground or ns.debug else _daemonize()
         trio.run(_serve, report)
-        unmount = True
     finally:
-        pyfuse3.close(unmount=unmount)
+        # Unmount even after a crash: an empty directory is safer for readers such as
+        # systemd-pstore than a dead mount ("Transport endpoint is not connected").
+        pyfuse3.close(unmount=True)
         store.close()
     return 0
 

@@ -18,14 +18,15 @@ from pstorefs.store import StoreConfig
 
 GENERIC_MOUNT_OPTIONS = frozenset("""
     defaults auto noauto nofail _netdev user nouser users owner noowner group nogroup
-    dev nodev suid nosuid exec noexec rw atime noatime diratime nodiratime relatime
+    dev nodev suid nosuid exec noexec atime noatime diratime nodiratime relatime
     norelatime strictatime nostrictatime lazytime nolazytime sync async dirsync mand
     nomand iversion noiversion silent loud nosymfollow symfollow bind rbind
 """.split())
 """Options of mount(8) that say nothing to pstorefs (see mount(8), FILESYSTEM-INDEPENDENT
 MOUNT OPTIONS); mount.fuse3 adds `dev,suid` to every command it runs."""
 
-GENERIC_PREFIXES = ("x-", "X-", "comment=", "context=", "fscontext=", "defcontext=",
+GENERIC_PREFIXES = ("x-", "X-", "user=", "users=", "comment=", "context=", "fscontext=",
+                    "defcontext=",
                     "rootcontext=")
 
 _SIZE_OPTIONS = ("kmsg_size", "pmsg_size", "console_size", "ftrace_size")
@@ -53,9 +54,16 @@ def _int(name: str, value: str, base: int = 10) -> int:
         raise UsageError(f"{name}={value}: not an integer{unit}") from None
 
 
+def _id(name: str, value: str) -> int:
+    number = int(value)
+    if number > 0xFFFFFFFE:
+        raise UsageError(f"{name}={value}: out of range")
+    return number
+
+
 def _user(value: str) -> int:
     if value.isdigit():
-        return int(value)
+        return _id("uid", value)
     try:
         return pwd.getpwnam(value).pw_uid
     except KeyError:
@@ -64,7 +72,7 @@ def _user(value: str) -> int:
 
 def _group(value: str) -> int:
     if value.isdigit():
-        return int(value)
+        return _id("gid", value)
     try:
         return grp.getgrnam(value).gr_gid
     except KeyError:

@@ -67,10 +67,17 @@ class Device:
             if self.is_block_device and os.major(st.st_rdev) == LOOP_MAJOR:
                 backing = _loop_backing_file(st.st_rdev)
                 if backing and os.path.exists(backing):
-                    backing_fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        backing_fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError as exc:
+                        raise SourceError(f"{path}: cannot open its backing file {backing}: "
+                                          f"{exc.strerror}") from None
                     self._fds.append(backing_fd)
                     self._lock(backing_fd, f"{path} (backing file {backing})")
-            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            try:
+                self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            except OSError as exc:
+                raise SourceError(f"{path}: cannot tell its size: {exc.strerror}") from None
         except BaseException:
             self.close()
             raise
@@ -123,6 +130,9 @@ class Device:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SourceError(f"{what}: already in use by another pstorefs") from None
+        except OSError as exc:
+            raise SourceError(f"{what}: cannot be locked ({exc.strerror}); pstorefs needs "
+                              "an exclusive flock to be sure nothing else writes it") from None
 
     def read(self, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset`, or DeviceError."""

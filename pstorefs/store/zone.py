@@ -200,6 +200,8 @@ class ZoneStore(Store):
         index = rest.removesuffix(".enc.z")
         for record in self._records:
             if record.type.file_prefix == prefix and str(record.id) == index:
+                if not record.compressed:  # the name is known without reading the body
+                    return record if name == f"{prefix}-{self.name}-{index}" else None
                 return record if self.entry(record).name == name else None
         return None
 
