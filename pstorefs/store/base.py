@@ -68,9 +68,6 @@ class Store(ABC):
     def close(self) -> None:
         """Release the source."""
 
+    @abstractmethod
     def find(self, name: str) -> Record | None:
-        """The record whose file is called `name`."""
-        for record in self.records:
-            if self.entry(record).name == name:
-                return record
-        return None
+        """The record whose file is called `name`, decoding no more than it must."""
