@@ -6,14 +6,15 @@
 #   contrib/setup.sh          set up only
 #
 # Set-up: the system packages (fuse3, libfuse3-dev, pkg-config, a compiler, Python's
-# venv and headers, systemd for systemd-pstore), a virtual environment in .venv with
-# pstorefs and its test tools, and links of the commands into /usr/local/sbin, where
-# mount(8) and mount.fuse3 (which run with a fixed system PATH) find them.
+# venv and headers, liblzo2-dev to build python-lzo, systemd for systemd-pstore, attr
+# for getfattr), a virtual environment in .venv with pstorefs and its test tools, and
+# links of the commands into /usr/local/sbin, where mount(8) and mount.fuse3 (which run
+# with a fixed system PATH) find them.
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
 
-packages="fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev util-linux mount systemd"
+packages="fuse3 libfuse3-dev liblzo2-dev pkg-config gcc python3-venv python3-dev util-linux mount systemd attr"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -1,9 +1,9 @@
-"""The FUSE adapter: records of a `Store` as files of one flat directory.
+"""The FUSE adapter: records of a `Store` as files of one directory.
 
-Thin by design: names, sizes, contents and erasing all come from the store; this
-module maps them to inodes and errnos and keeps the kernel's lookup counts. Blocking
-store calls (device reads, decoding, fdatasync) run in worker threads so the event
-loop keeps answering.
+Thin by design: names, sizes, contents, attributes and erasing all come from the
+store; this module maps them to inodes and errnos and keeps the kernel's lookup counts.
+Blocking store calls (device reads, decoding, fdatasync) run in worker threads so the
+event loop keeps answering.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ FILE_MODE = 0o444
 DIR_MODE = 0o750
 """The kernel's modes in /sys/fs/pstore (fs/pstore/inode.c)."""
 
+ERASED_DIR = "erased"
+"""Where `show_erased` puts the records `rm` erased whose bytes remain."""
+
+XATTR_PREFIX = "user.pstore."
+"""The store's record attributes appear as `user.pstore.<key>` (`getfattr -d`)."""
+
 TIMEOUT = 300.0
 """Records never change behind our back (the source is held exclusively) and every
 removal goes through `unlink`, so the kernel may cache entries and attributes long."""
@@ -54,25 +60,30 @@ class Ownership:
 
 
 class Operations(pyfuse3.Operations):
-    """One directory (the root) holding one file per record.
+    """The root holding one file per record, and with `show_erased` the read-only
+    `erased/` directory of erased records.
 
-    Inodes are `ROOT_INODE + 1 + index` into the store's record list, fixed for the
-    life of the mount. `unlink` erases on the device and removes the name; the inode
-    lives on, readable, until the kernel forgets it (pyfuse3's unlink rule).
+    Inodes are `ROOT_INODE + 1 + index` into the records followed by the erased ones,
+    fixed for the life of the mount; `erased/` comes after them. `unlink` erases on the
+    device and removes the name; the inode lives on, readable, until the kernel forgets
+    it (pyfuse3's unlink rule).
     """
 
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, store: Store, ownership: Ownership, *, read_only: bool) -> None:
+    def __init__(self, store: Store, ownership: Ownership, *, read_only: bool,
+                 show_erased: bool = False) -> None:
         super().__init__()
         self.store = store
         self.ownership = ownership
         self.read_only = read_only
         self.mount_time_ns = time.time_ns()
-        self._records = list(store.records)
+        self._live = len(store.records)
+        self._records = list(store.records) + (list(store.erased) if show_erased else [])
         self._listed = set(range(len(self._records)))
+        self._erased_dir = (pyfuse3.ROOT_INODE + 1 + len(self._records)) if show_erased else None
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, int] = {}
         self._bodies: dict[int, tuple[bytes, int]] = {}
@@ -102,9 +113,12 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return index
 
-    def _root_attrs(self) -> pyfuse3.EntryAttributes:
-        attrs = self._base_attrs(pyfuse3.ROOT_INODE, stat.S_IFDIR | self.ownership.dir_mode)
-        attrs.st_nlink = 2
+    def _parent(self, index: int) -> int | None:
+        return pyfuse3.ROOT_INODE if index < self._live else self._erased_dir
+
+    def _dir_attrs(self, inode: int) -> pyfuse3.EntryAttributes:
+        attrs = self._base_attrs(inode, stat.S_IFDIR | self.ownership.dir_mode)
+        attrs.st_nlink = 3 if inode == pyfuse3.ROOT_INODE and self._erased_dir else 2
         attrs.st_size = 0
         return attrs
 
@@ -119,8 +133,8 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     async def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
-        if inode == pyfuse3.ROOT_INODE:
-            return self._root_attrs()
+        if inode in (pyfuse3.ROOT_INODE, self._erased_dir):
+            return self._dir_attrs(inode)
         entry = await self._call(self.store.entry, self._records[self._index(inode)])
         attrs = self._base_attrs(inode, stat.S_IFREG | self.ownership.file_mode)
         attrs.st_size = entry.size
@@ -133,18 +147,29 @@ class Operations(pyfuse3.Operations):
     def _remember(self, inode: int) -> None:
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
 
-    async def _find(self, name: bytes) -> int:
+    async def _find(self, parent: int, name: bytes) -> int:
         try:
             text = os.fsdecode(name)
         except UnicodeDecodeError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
-        record: Record | None = await self._call(self.store.find, text)
-        if record is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        index = self._records.index(record)
+        if parent == pyfuse3.ROOT_INODE and text == ERASED_DIR and self._erased_dir:
+            return self._erased_dir
+        if parent == pyfuse3.ROOT_INODE:
+            record: Record | None = await self._call(self.store.find, text)
+            index = self._records.index(record) if record is not None else -1
+        else:
+            index = -1
+            for i in range(self._live, len(self._records)):
+                if (await self._call(self.store.entry, self._records[i])).name == text:
+                    index = i
+                    break
         if index not in self._listed:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return pyfuse3.ROOT_INODE + 1 + index
+
+    def _check_dir(self, inode: int) -> None:
+        if inode not in (pyfuse3.ROOT_INODE, self._erased_dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
 
     def _refuse_write(self) -> pyfuse3.FUSEError:
         return pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EPERM)
@@ -152,12 +177,13 @@ class Operations(pyfuse3.Operations):
     # -- the directory ----------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if parent_inode != pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if name in (b".", b".."):
+        self._check_dir(parent_inode)
+        if name == b".":
+            inode = parent_inode
+        elif name == b"..":
             inode = pyfuse3.ROOT_INODE
         else:
-            inode = await self._find(name)
+            inode = await self._find(parent_inode, name)
         attrs = await self._attrs(inode)
         self._remember(inode)
         return attrs
@@ -166,15 +192,14 @@ class Operations(pyfuse3.Operations):
         return await self._attrs(inode)
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if inode != pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self._check_dir(inode)
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Offsets are inode numbers, so a listing resumes correctly after an rm."""
         for index in sorted(self._listed):
             inode = pyfuse3.ROOT_INODE + 1 + index
-            if inode <= start_id:
+            if inode <= start_id or self._parent(index) != fh:
                 continue
             try:
                 attrs = await self._attrs(inode)
@@ -184,6 +209,10 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, inode):
                 return
             self._remember(inode)
+        if fh == pyfuse3.ROOT_INODE and self._erased_dir and self._erased_dir > start_id:
+            if pyfuse3.readdir_reply(token, os.fsencode(ERASED_DIR),
+                                     self._dir_attrs(self._erased_dir), self._erased_dir):
+                self._remember(self._erased_dir)
 
     async def releasedir(self, fh: int) -> None:
         return None
@@ -233,15 +262,32 @@ class Operations(pyfuse3.Operations):
             del self._bodies[inode]
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if parent_inode != pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self._check_dir(parent_inode)
         if self.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
+        if parent_inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)  # erased/ is a read-only view
         async with self._erase_lock:
-            inode = await self._find(name)
+            inode = await self._find(parent_inode, name)
             index = self._index(inode)
             await self._call(self.store.erase, self._records[index])
             self._listed.discard(index)
+
+    # -- extended attributes: what the store knows of a record ---------------------------
+    async def _xattrs(self, inode: int) -> dict[str, str]:
+        if inode in (pyfuse3.ROOT_INODE, self._erased_dir):
+            return {}
+        return await self._call(self.store.attributes, self._records[self._index(inode)])
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [os.fsencode(XATTR_PREFIX + key) for key in await self._xattrs(inode)]
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        key = os.fsdecode(name).removeprefix(XATTR_PREFIX)
+        value = (await self._xattrs(inode)).get(key) if os.fsdecode(name) != key else None
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value.encode()
 
     # -- every other write is refused ------------------------------------------------------
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,

@@ -110,7 +110,8 @@ def allowed_in_store(module: str) -> bool:
     if top == "pstorefs":
         return module == "pstorefs.errors" or module.startswith(("pstorefs.format",
                                                                  "pstorefs.store"))
-    return top == "construct" or top in sys.stdlib_module_names or top == "__future__"
+    return (top in ("construct", "lz4", "lzo", "backports", "compression", "__future__")
+            or top in sys.stdlib_module_names)
 
 
 @pytest.mark.parametrize(("layer", "allowed"), [("format", allowed_in_format),

@@ -24,7 +24,7 @@ from pstorefs.errors import (
     SourceError,
     ZoneChangedError,
 )
-from pstorefs.format.abi import ABIS, I386, X86_64, Abi
+from pstorefs.format.abi import I386, X86_64, Abi, resolve_abi
 from pstorefs.format.consts import PSZ_SIG, KmsgDumpReason, PstoreType
 from pstorefs.format.zone import (
     kmsg_zone_ok,
@@ -35,7 +35,7 @@ from pstorefs.format.zone import (
 )
 from pstorefs.store import Store, StoreConfig, open_store
 from pstorefs.store.cache import BodyCache
-from pstorefs.store.decompress import inflate_raw
+from pstorefs.store.decompress import decompress
 from pstorefs.store.device import Device
 from pstorefs.store.geometry import Geometry, kib_to_bytes
 from pstorefs.store.zone import ZoneStore
@@ -125,7 +125,7 @@ def rebuild(case: Case, image: bytes) -> ZoneWriter:
     as the kernel wrote them: the console during boot (before recovery, so it is flushed
     whole), pmsg and ftrace after, each ring in small writes; dmesg records round-robin
     with the writer's own counters. Header fields and bytes come from the image."""
-    abi = ABIS[case.meta["arch"]]
+    abi = resolve_abi(case.meta["arch"])
     w = ZoneWriter(abi, len(image), **kernel_sizes(case.meta["mount_options"]),
                    recovered=False)
 
@@ -239,7 +239,7 @@ def test_store_shows_what_the_kernel_showed(case: Case) -> None:
 def test_abi_is_detected(case: Case) -> None:
     with closing(open_store(str(case.image), config(case, read_only=True))) as store:
         assert isinstance(store, ZoneStore)
-        assert store.abi.name == case.meta["arch"]
+        assert store.abi == resolve_abi(case.meta["arch"])
 
 
 @pytest.mark.parametrize("case_name", ["i386-all-fronts", "x86_64-all-fronts"])
@@ -250,7 +250,7 @@ def test_abi_override(case_name: str) -> None:
     with closing(open_store(str(case.image), config(case, read_only=True, abi=own))) as store:
         assert listing(store) == case.files
     with closing(open_store(str(case.image), config(case, read_only=True, abi=other))) as store:
-        assert isinstance(store, ZoneStore) and store.abi.name == other
+        assert isinstance(store, ZoneStore) and store.abi == resolve_abi(other)
         wrong = harvest(store)
         assert wrong
         dmesg = {n: b for n, b in case.files.items() if n.startswith("dmesg-")}
@@ -490,7 +490,7 @@ def test_corrupt_images(tmp_path: Path, corruption: Corruption) -> None:
     path = tmp_path / "bad.bin"
     path.write_bytes(image)
     with closing(open_store(str(path), config(case, read_only=True))) as store:
-        assert isinstance(store, ZoneStore) and store.abi.name == case.meta["arch"]
+        assert isinstance(store, ZoneStore) and store.abi == resolve_abi(case.meta["arch"])
         got = listing(store)
     want = {n: b for n, b in case.files.items() if n not in corruption.gone}
     want.update({n: f(image) for n, f in corruption.added.items()})
@@ -544,15 +544,15 @@ def test_random_flips_never_crash(tmp_path: Path, case_name: str) -> None:
 
 
 # == decompression =========================================================================
-def test_inflate_raw() -> None:
+def test_raw_deflate() -> None:
     text = oops_text(1, 20000)
     for wbits in (-11, -15):
         stream = deflate(text, wbits)
-        assert inflate_raw(stream, len(text)) == text
-        assert inflate_raw(stream, len(text) - 1) is None
-        assert inflate_raw(stream[:-20], 10 * len(text)) is None  # incomplete stream
-        assert inflate_raw(stream + bytes(100), len(text)) == text
-    assert inflate_raw(b"\xff" * 64, 1000) is None
+        assert decompress(stream, len(text), "deflate") == (text, "deflate")
+        assert decompress(stream, len(text) - 1, "deflate") is None
+        assert decompress(stream[:-20], 10 * len(text), "deflate") is None  # incomplete
+        assert decompress(stream + bytes(100), len(text), "deflate") == (text, "deflate")
+    assert decompress(b"\xff" * 64, 1000, "deflate") is None
 
 
 def test_deflate_bomb_is_cut_off() -> None:
@@ -561,7 +561,7 @@ def test_deflate_bomb_is_cut_off() -> None:
     assert len(bomb) < 100 * KIB
     tracemalloc.start()
     try:
-        assert inflate_raw(bomb, 196452) is None
+        assert decompress(bomb, 196452) is None
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -655,7 +655,8 @@ def test_partition_tail_smaller_than_a_zone(tmp_path: Path) -> None:
 
 
 def test_128_mib_cap(tmp_path: Path) -> None:
-    """Zones past 128 MiB are not the kernel's (Linux 5.11+): never listed."""
+    """Zones past 128 MiB are not the kernel's (Linux 5.11+): not listed, whatever they
+    hold, while the first zone past the cap holds no header."""
     w = ZoneWriter(X86_64, 128 * KIB, kmsg_size=64 * KIB)
     w.dmesg(oops_text(1))
     w.dmesg(oops_text(2))
@@ -663,11 +664,31 @@ def test_128_mib_cap(tmp_path: Path) -> None:
     with open(path, "wb") as fh:
         fh.truncate(129 * MIB)
         fh.write(w.image[:64 * KIB])
-        fh.seek(128 * MIB)
+        fh.seek(128 * MIB + 64 * KIB)
         fh.write(w.image[64 * KIB:])
     with closing(open_store(str(path), StoreConfig(kmsg_size=64, read_only=True))) as store:
         assert isinstance(store, ZoneStore) and len(store.zones) == 2048
+        assert store.geometry.capped
         assert listing(store) == {"dmesg-blkoops-0": b"Oops: Total 1 times\n" + oops_text(1)}
+
+
+@pytest.mark.parametrize("options", [{"kmsg_size": 64}, {}], ids=["given", "detected"])
+def test_records_past_the_cap(tmp_path: Path, options: dict[str, int]) -> None:
+    """A 5.8-5.10 kernel used the whole partition: when the first zone past 128 MiB holds
+    a dmesg header, every zone of the partition is read."""
+    w = ZoneWriter(X86_64, 128 * MIB, kmsg_size=64 * KIB)
+    for n in range(2048):
+        w.dmesg(oops_text(n))
+    past = ZoneWriter(X86_64, 64 * KIB, kmsg_size=64 * KIB)  # zone 2048, as 5.10 wrote it
+    past.dmesg(oops_text(2048))
+    path = tmp_path / "old.bin"
+    path.write_bytes(bytes(w.image) + bytes(past.image) + bytes(960 * KIB))
+    with closing(open_store(str(path), StoreConfig(read_only=True, **options))) as store:
+        assert isinstance(store, ZoneStore) and not store.geometry.capped
+        assert len(store.zones) == 2064 and len(store.records) == 2049
+        last = store.find("dmesg-blkoops-2048")
+        assert last is not None and last.zones[0].offset == 128 * MIB
+        assert store.read(last) == b"Oops: Total 1 times\n" + oops_text(2048)
 
 
 def ftrace_line(cpu: int, stamp: int, ip: int, parent: int, width: int = 16) -> bytes:

@@ -14,6 +14,10 @@ every fixture's records with it gives the fixture image byte for byte.
   position and whose `datalen` is forced to `buffer_size` once it has wrapped; each write
   flushes the data range and the header (FLUSH_PART). Before recovery a zone only gets
   dirty in RAM (whose unwritten bytes are 0xFF) and `recover()` flushes it whole.
+
+Every struct, the zone header included, is built with the writer's `Abi` (its byte order,
+`long` size and 64-bit alignment, and where ftrace keeps the CPU), so it writes the image
+of any ABI pstorefs reads; only x86_64 and i386 are pinned to kernel images.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ from dataclasses import dataclass
 from os import PathLike
 
 from pstorefs.format.abi import Abi, ftrace_record_struct, kmsg_header_struct, zone_header_struct
-from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PSZ_SIG, KmsgDumpReason, PstoreType
+from pstorefs.format.consts import (
+    PSTORE_KMSG_HEADER_MAGIC,
+    PSZ_SIG,
+    TS_CPU_SHIFT,
+    KmsgDumpReason,
+    PstoreType,
+)
 
 HEADER = 12
 """sizeof(struct psz_buffer)."""
 
 SZ_128M = 128 << 20
+
+U64_MASK = (1 << 64) - 1
+"""The kernel's `u64 ts` drops what `stamp << 8` pushes past 64 bits."""
 
 
 def deflate(text: bytes, wbits: int = -11) -> bytes:
@@ -38,9 +51,14 @@ def deflate(text: bytes, wbits: int = -11) -> bytes:
 
 
 def ftrace_record(abi: Abi, ip: int, parent_ip: int, stamp: int, cpu: int) -> bytes:
-    """`struct pstore_ftrace_record` as fs/pstore/ftrace.c fills it: ts = stamp << 8 | cpu."""
-    return ftrace_record_struct(abi).build({"ip": ip, "parent_ip": parent_ip,
-                                            "ts": stamp << 8 | cpu})
+    """`struct pstore_ftrace_record` as fs/pstore/ftrace.c fills it (include/linux/pstore.h
+    `pstore_ftrace_write_timestamp`, `pstore_ftrace_encode_cpu`): `ts = stamp << 8 | cpu`,
+    or, where the ABI keeps the CPU in `ip` (`PSTORE_CPU_IN_IP`), `ip |= cpu, ts = stamp`."""
+    if abi.cpu_in_ip_mask:
+        ip, ts = ip | cpu, stamp
+    else:
+        ts = (stamp << TS_CPU_SHIFT | cpu) & U64_MASK
+    return ftrace_record_struct(abi).build({"ip": ip, "parent_ip": parent_ip, "ts": ts})
 
 
 def kernel_sizes(mount_options: str) -> dict[str, int]:

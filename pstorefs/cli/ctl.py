@@ -1,5 +1,6 @@
 """`pstorectl`: the store without FUSE, for scripts, containers and initramfs.
 
+    pstorectl probe SOURCE [-o OPTS] [--json]
     pstorectl list SOURCE [-o OPTS] [--json]
     pstorectl cat SOURCE NAME [-o OPTS]
     pstorectl extract SOURCE DIR [-o OPTS]
@@ -21,14 +22,18 @@ import time
 from pstorefs import __version__
 from pstorefs.cli.options import OPTIONS_HELP, ArgumentParser, parse_options
 from pstorefs.errors import PstoreError, UsageError
-from pstorefs.format.consts import kmsg_dump_reason_str
 from pstorefs.store import Record, Store, open_store
 
 log = logging.getLogger("pstorectl")
 
 JSON_FIELDS = ("name", "type", "size", "mtime_ns", "reason", "counter", "compressed",
-               "zone_offset")
+               "zone_offset", "attributes")
 """The stable fields of `list --json`, one object per record (docs/pstorectl.md)."""
+
+PROBE_FIELDS = ("source", "backend", "format", "abi", "little_endian", "kmsg_size",
+                "pmsg_size", "console_size", "ftrace_size", "nr_cpus", "capped", "zones",
+                "records", "kernel_parameters", "mount_options", "assumed")
+"""The stable fields of `probe --json` (docs/pstorectl.md)."""
 
 
 def _parser() -> ArgumentParser:
@@ -40,6 +45,10 @@ def _parser() -> ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"pstorectl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    pr = sub.add_parser("probe", parents=[common],
+                        help="the layout found, as the kernel parameters that give it")
+    pr.add_argument("source", metavar="SOURCE")
+    pr.add_argument("--json", action="store_true", help="one JSON object")
     ls = sub.add_parser("list", parents=[common], help="list the records")
     ls.add_argument("source", metavar="SOURCE")
     ls.add_argument("--json", action="store_true", help="a JSON array, one object per record")
@@ -58,16 +67,33 @@ def _parser() -> ArgumentParser:
 
 def _record_json(store: Store, record: Record) -> dict[str, object]:
     entry = store.entry(record)
+    attributes = store.attributes(record)
     return {
         "name": entry.name,
         "type": record.type.file_prefix,
         "size": entry.size,
         "mtime_ns": entry.time_ns,
-        "reason": kmsg_dump_reason_str(record.reason) if record.reason is not None else None,
+        "reason": attributes.get("reason"),
         "counter": record.counter,
         "compressed": record.compressed,
         "zone_offset": record.zones[0].offset,
+        "attributes": attributes,
     }
+
+
+def _probe(store: Store, source: str, as_json: bool) -> None:
+    layout = {"source": source, **store.layout()}
+    if as_json:
+        json.dump(layout, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    print(layout["kernel_parameters"])
+    print(f"# {source}: {layout['format']} format, abi {layout['abi']}, "
+          f"{layout['zones']} zones, {layout['records']} records"
+          + ("" if layout["capped"] else ", past the 128 MiB cap"))
+    print(f"# mount: -o {layout['mount_options']}")
+    for note in layout["assumed"]:  # type: ignore[attr-defined]
+        print(f"# assumed: {note}")
 
 
 def _find(store: Store, name: str) -> Record:
@@ -132,7 +158,9 @@ def ctl(args: list[str]) -> int:
             config = dataclasses.replace(config, read_only=True)
         store = open_store(ns.source, config)
         try:
-            if ns.command == "list":
+            if ns.command == "probe":
+                _probe(store, ns.source, ns.json)
+            elif ns.command == "list":
                 _list(store, ns.json)
             elif ns.command == "cat":
                 sys.stdout.buffer.write(store.read(_find(store, ns.name)))

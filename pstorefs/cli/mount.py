@@ -150,7 +150,8 @@ def mount(args: list[str]) -> int:
         return 1
     log.debug("%s", store.describe())
     read_only = store.read_only
-    ops = Operations(store, Ownership(opts.uid, opts.gid, opts.umask), read_only=read_only)
+    ops = Operations(store, Ownership(opts.uid, opts.gid, opts.umask), read_only=read_only,
+                     show_erased=opts.store.show_erased)
     # Held back until the event loop listens for them: a SIGTERM between mounting
     # and serving must still unmount.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)

@@ -13,8 +13,9 @@ import pwd
 from dataclasses import dataclass, field
 
 from pstorefs.errors import UsageError
-from pstorefs.format.abi import ABIS
-from pstorefs.store import StoreConfig
+from pstorefs.format.abi import resolve_abi
+from pstorefs.format.consts import ZoneFormat
+from pstorefs.store import SIZE_OPTIONS, StoreConfig
 
 GENERIC_MOUNT_OPTIONS = frozenset("""
     defaults auto noauto nofail _netdev user nouser users owner noowner group nogroup
@@ -28,8 +29,6 @@ MOUNT OPTIONS); mount.fuse3 adds `dev,suid` to every command it runs."""
 GENERIC_PREFIXES = ("x-", "X-", "user=", "users=", "comment=", "context=", "fscontext=",
                     "defcontext=",
                     "rootcontext=")
-
-_SIZE_OPTIONS = ("kmsg_size", "pmsg_size", "console_size", "ftrace_size")
 
 
 @dataclass
@@ -50,7 +49,7 @@ def _int(name: str, value: str, base: int = 10) -> int:
     try:
         return int(value, base)
     except ValueError:
-        unit = " (KiB)" if name in _SIZE_OPTIONS else ""
+        unit = " (KiB)" if name in SIZE_OPTIONS else ""
         raise UsageError(f"{name}={value}: not an integer{unit}") from None
 
 
@@ -88,7 +87,7 @@ def parse_options(groups: list[str]) -> MountOptions:
             key, has_value, value = item.partition("=")
             if not item or item in GENERIC_MOUNT_OPTIONS or item.startswith(GENERIC_PREFIXES):
                 continue
-            if key in _SIZE_OPTIONS or key == "nr_cpus":
+            if key in SIZE_OPTIONS or key == "nr_cpus":
                 if not has_value:
                     raise UsageError(f"{key} needs a value")
                 store[key] = _int(key, value)
@@ -99,9 +98,16 @@ def parse_options(groups: list[str]) -> MountOptions:
             elif key == "system_map" and has_value and value:
                 store["system_map"] = value
             elif key == "abi" and has_value:
-                if value != "auto" and value not in ABIS:
-                    raise UsageError(f"abi={value}: must be auto, " + " or ".join(ABIS))
+                if value != "auto":
+                    resolve_abi(value)
                 store["abi"] = value
+            elif key == "format" and has_value:
+                if value != "auto" and value not in {f.value for f in ZoneFormat}:
+                    raise UsageError(f"format={value}: must be auto, "
+                                     + " or ".join(f.value for f in ZoneFormat))
+                store["format"] = value
+            elif item == "show_erased":
+                store["show_erased"] = True
             elif item == "ro":
                 store["read_only"] = True
             elif item == "rw":
@@ -129,16 +135,22 @@ def parse_options(groups: list[str]) -> MountOptions:
 
 
 OPTIONS_HELP = """\
-mount options (-o, comma-separated; sizes in KiB as the kernel's module parameters):
+mount options (-o, comma-separated; sizes in KiB as the kernel's module parameters).
+With no size option the layout is detected from the partition (pstorectl probe shows
+it); once one is given, the others take the kernel's defaults as below:
   kmsg_size=N      size of each dmesg zone (default 64)
   pmsg_size=N      pmsg zone (default 0: off; a size <= 0 turns an area off)
   console_size=N   console zone (default 0)
   ftrace_size=N    ftrace area, split over nr_cpus zones (default 0)
   nr_cpus=N        the writer's nr_cpu_ids: how many ftrace zones (default 1)
+  format=auto|zone|blkoops
+                   mainline pstore/zone, or the blkoops RFC's 8-byte headers (default auto)
   name=NAME        back-end name in file names (default blkoops; the kernel's: pstore_blk)
   system_map=PATH  the writer's System.map (or .gz): function names in ftrace text
-  abi=auto|x86_64|i386
-                   the writer's ABI (default auto: detected from the headers)
+  abi=NAME         the writer's ABI (default auto: detected from the headers):
+                   le64 (x86_64, arm64, riscv64), i386, le32 (arm, riscv32, mipsel),
+                   be64 (s390x, ppc64), be32 (ppc, mips), be32a4, le32-cpuip1/3 ...
+  show_erased      also show erased records whose bytes remain, read-only, in erased/
   ro               never write; rm fails with EROFS
   uid=, gid=       owner of the files (default root)
   umask=OCTAL      directory mode 0777 & ~umask, files 0444 & ~umask (default 0750/0444)

@@ -5,10 +5,22 @@ zone.c writes `struct psz_buffer`, `struct psz_kmsg_header` and
 kernel's: its byte order, the size of `long`, and how it aligns 64-bit fields.
 Each struct is built once per `Abi` (as pyelftools builds ELF structs per class and
 byte order), with the padding C would insert written out as `Padding`.
+
+The C rules every layout below follows: each member sits at the next multiple of its
+own alignment (`u32`, `int`, `enum`: 4; `bool`: 1; `long`: its size; `s64`/`u64`: the
+ABI's `s64_align`); a struct is aligned to its most aligned member, and its `sizeof` is
+rounded up to that alignment. The kernel's own types: `atomic_t` is an `int`,
+`time64_t` an `s64`, `struct timespec64 { time64_t tv_sec; long tv_nsec; }`.
+
+`ABIS` lists the ABIs by canonical name, each with its derivation; `ABI_ALIASES` maps
+architecture names to them. The layouts were derived from these rules and checked
+against the tables of docs/01-zone-format.md and docs/00-overview.md ("Other ABIs");
+only `le64` (as x86_64) and `i386` are also checked against kernel-written images.
 """
 
 from __future__ import annotations
 
+import struct as python_struct
 from dataclasses import dataclass
 from functools import cache
 
@@ -26,6 +38,8 @@ from construct import (
     Padding,
     Struct,
 )
+
+from pstorefs.errors import UsageError
 
 
 def _align(value: int, to: int) -> int:
@@ -87,11 +101,102 @@ class Abi:
         return ftrace_record_struct(self).sizeof()
 
 
-X86_64 = Abi("x86_64", little_endian=True, long_size=8, s64_align=8)
-I386 = Abi("i386", little_endian=True, long_size=4, s64_align=4)
+LE64 = Abi("le64", little_endian=True, long_size=8, s64_align=8)
+"""LP64 little-endian: x86_64, arm64, riscv64, ppc64le.
 
-ABIS: dict[str, Abi] = {abi.name: abi for abi in (X86_64, I386)}
-"""The ABIs pstorefs reads, by the name `abi=` takes."""
+dmesg header: magic u32 at 0; `timespec64` aligned to 8 (s64 and long both 8), so 4 bytes
+of padding and tv_sec at 8, tv_nsec (8-byte long) at 16, timespec64 16 bytes; compressed
+at 24; counter at 28 (4-aligned); reason at 32; end 36, rounded to 8: sizeof 40.
+ftrace record: ip at 0, parent_ip at 8, ts at 16: sizeof 24.
+Checked against the x86_64 kernel images (tests/data/fixtures)."""
+
+BE64 = Abi("be64", little_endian=False, long_size=8, s64_align=8)
+"""LP64 big-endian: s390x, ppc64, mips64 (n64). The layout of `le64`, every integer
+big-endian, the zone header's too (a dmesg zone starts `43 47 42 44`)."""
+
+I386 = Abi("i386", little_endian=True, long_size=4, s64_align=4)
+"""ILP32 little-endian with 64-bit fields 4-aligned: i386; by QEMU's linux-user ABI table
+(include/user/abitypes.h, `ABI_LLONG_ALIGNMENT` 4) also little-endian SuperH and
+MicroBlaze.
+
+dmesg header: magic at 0; timespec64 aligned to 4, so tv_sec at 4, tv_nsec (4-byte long)
+at 12, timespec64 12 bytes; compressed at 16; counter at 20; reason at 24; end 28,
+already a multiple of 4: sizeof 28. ftrace record: ip 0, parent_ip 4, ts 8: sizeof 16.
+Checked against the i386 kernel image (tests/data/fixtures)."""
+
+BE32A4 = Abi("be32a4", little_endian=False, long_size=4, s64_align=4)
+"""ILP32 big-endian with 64-bit fields 4-aligned: the `i386` layout, big-endian.
+
+Not checked against any kernel. QEMU's linux-user ABI table (include/user/abitypes.h)
+gives `long long` an alignment of 4 on OpenRISC (big-endian only), MicroBlaze and SuperH,
+of which OpenRISC, big-endian MicroBlaze and sh4eb are big-endian; every other 32-bit
+ABI there aligns it to 8. m68k aligns `int` and `long long` to 2 and fits no ABI here."""
+
+LE32 = Abi("le32", little_endian=True, long_size=4, s64_align=8)
+"""ILP32 little-endian with 64-bit fields 8-aligned: arm EABI with more than 4 CPUs
+(NR_CPUS > 4), riscv32, mips o32 (mipsel).
+
+dmesg header: magic at 0; timespec64 aligned to 8 (its s64), so tv_sec at 8, tv_nsec
+(4-byte long) at 16, then 4 bytes of padding: timespec64 is 16 bytes; compressed at 24;
+counter at 28; reason at 32; end 36, rounded to 8: sizeof 40 — the `le64` offsets, with
+tv_nsec 4 bytes wide. ftrace record: ip 0, parent_ip 4, ts 8 (already 8-aligned):
+sizeof 16, the same bytes as `i386`'s."""
+
+BE32 = Abi("be32", little_endian=False, long_size=4, s64_align=8)
+"""ILP32 big-endian with 64-bit fields 8-aligned: ppc32, mips o32, armeb with more than
+4 CPUs. The `le32` layout, every integer big-endian: tv_nsec is the 4 bytes at 16."""
+
+LE32_CPUIP3 = Abi("le32-cpuip3", little_endian=True, long_size=4, s64_align=8,
+                  cpu_in_ip_mask=0x3)
+"""arm EABI little-endian built for 3 or 4 CPUs, or for 2 without CONFIG_ARM_THUMB
+(`PSTORE_CPU_IN_IP` 0x3): the `le32` layout; ftrace keeps the CPU in `ip & 3` and `ts` as
+the plain counter (`pstore_ftrace_encode_cpu`: `rec->ip |= cpu`)."""
+
+LE32_CPUIP1 = Abi("le32-cpuip1", little_endian=True, long_size=4, s64_align=8,
+                  cpu_in_ip_mask=0x1)
+"""arm EABI little-endian built for at most 2 CPUs with CONFIG_ARM_THUMB
+(`PSTORE_CPU_IN_IP` 0x1, which wins over 0x3): the `le32` layout, the CPU in `ip & 1`."""
+
+BE32_CPUIP3 = Abi("be32-cpuip3", little_endian=False, long_size=4, s64_align=8,
+                  cpu_in_ip_mask=0x3)
+"""armeb EABI built for 3 or 4 CPUs (or 2 without CONFIG_ARM_THUMB): `be32`, CPU in `ip & 3`."""
+
+BE32_CPUIP1 = Abi("be32-cpuip1", little_endian=False, long_size=4, s64_align=8,
+                  cpu_in_ip_mask=0x1)
+"""armeb EABI built for at most 2 CPUs with CONFIG_ARM_THUMB: `be32`, CPU in `ip & 1`."""
+
+X86_64 = LE64
+"""The ABI of the x86_64 kernel images: `le64`."""
+
+ABIS: dict[str, Abi] = {abi.name: abi for abi in (
+    LE64, I386, LE32, LE32_CPUIP3, LE32_CPUIP1,
+    BE64, BE32, BE32A4, BE32_CPUIP3, BE32_CPUIP1,
+)}
+"""The ABIs pstorefs reads, by canonical name. Within a byte order this is the order of
+preference when the records present read the same with several of them."""
+
+ABI_ALIASES: dict[str, str] = {
+    **dict.fromkeys(("x86_64", "amd64", "arm64", "aarch64", "riscv64", "ppc64le"), "le64"),
+    **dict.fromkeys(("s390x", "ppc64", "mips64"), "be64"),
+    **dict.fromkeys(("arm", "armhf", "armel", "riscv32", "mipsel"), "le32"),
+    **dict.fromkeys(("ppc", "powerpc", "mips", "armeb"), "be32"),
+    **dict.fromkeys(("openrisc", "or1k", "microblaze", "sh4eb"), "be32a4"),
+    **dict.fromkeys(("i686", "sh4", "microblazeel"), "i386"),
+}
+"""Architecture names `abi=` also takes. A 32-bit ARM kernel built for at most 4 CPUs
+keeps the CPU in `ip`: `arm` is `le32`, the NR_CPUS > 4 kernel; name `le32-cpuip3` or
+`le32-cpuip1` for the others (or let auto-detection tell them from the ftrace records)."""
+
+ABI_NAMES: tuple[str, ...] = (*ABIS, *ABI_ALIASES)
+"""Every name `resolve_abi` takes, canonical names first."""
+
+
+def resolve_abi(name: str) -> Abi:
+    """The ABI called `name`, a canonical name or an architecture alias."""
+    abi = ABIS.get(ABI_ALIASES.get(name, name))
+    if abi is None:
+        raise UsageError(f"abi={name}: unknown ABI; valid: {', '.join(ABI_NAMES)}")
+    return abi
 
 
 @cache
@@ -134,15 +239,30 @@ def kmsg_header_struct(abi: Abi) -> Struct:
     ).compile()
 
 
+def _ftrace_layout(abi: Abi) -> tuple[int, int]:
+    """Where `ts` sits in `struct pstore_ftrace_record`, and its sizeof."""
+    ts_at = _align(2 * abi.long_size, abi.s64_align)
+    return ts_at, _align(ts_at + 8, max(abi.long_size, abi.s64_align))
+
+
 @cache
 def ftrace_record_struct(abi: Abi) -> Struct:
     """`struct pstore_ftrace_record { unsigned long ip, parent_ip; u64 ts; }`."""
-    ts_at = _align(2 * abi.long_size, abi.s64_align)
-    end = ts_at + 8
+    ts_at, size = _ftrace_layout(abi)
     return Struct(
         "ip" / abi.ulong,
         "parent_ip" / abi.ulong,
         Padding(ts_at - 2 * abi.long_size),
         "ts" / abi.u64,
-        Padding(_align(end, max(abi.long_size, abi.s64_align)) - end),
+        Padding(size - ts_at - 8),
     ).compile()
+
+
+@cache
+def ftrace_record_format(abi: Abi) -> python_struct.Struct:
+    """The same record as a `struct.Struct` of (ip, parent_ip, ts): an ftrace area holds
+    thousands of records, which `iter_unpack` reads many times faster than construct."""
+    ts_at, size = _ftrace_layout(abi)
+    ulong = "Q" if abi.long_size == 8 else "I"
+    return python_struct.Struct(f"{'<' if abi.little_endian else '>'}2{ulong}"
+                                f"{ts_at - 2 * abi.long_size}xQ{size - ts_at - 8}x")

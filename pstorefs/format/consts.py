@@ -1,6 +1,6 @@
 """Constants of the pstore ABI, with the kernel's names and values."""
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 PSZ_SIG = 0x43474244
 """`PSZ_SIG` in fs/pstore/zone.c ("DBGC"); a zone's `sig` is this XOR its pstore type."""
@@ -10,6 +10,9 @@ PSTORE_KMSG_HEADER_MAGIC = 0x4DFC3AE5
 
 PSZ_BUFFER_SIZE = 12
 """sizeof(struct psz_buffer): sig, datalen, start — 12 bytes on every ABI."""
+
+BLKZ_BUFFER_SIZE = 8
+"""sizeof(struct blkz_buffer) of the "blkoops" RFC (2019-2020): sig and datalen, no start."""
 
 TS_CPU_SHIFT = 8
 """ftrace records keep the CPU in the low 8 bits of `ts` (fs/pstore/ftrace.c)."""
@@ -47,6 +50,18 @@ _TYPE_NAMES = {
 }
 
 
+class ZoneFormat(Enum):
+    """Which writer cut the partition into zones: mainline pstore/zone (Linux 5.8+), or
+    the "blkoops" RFC it grew from (dmesg zones only, an 8-byte zone header)."""
+
+    ZONE = "zone"
+    BLKOOPS = "blkoops"
+
+    @property
+    def header_size(self) -> int:
+        return PSZ_BUFFER_SIZE if self is ZoneFormat.ZONE else BLKZ_BUFFER_SIZE
+
+
 class KmsgDumpReason(IntEnum):
     """`enum kmsg_dump_reason` as collapsed in Linux 5.8, the first pstore/zone kernel."""
 
@@ -71,6 +86,24 @@ def kmsg_dump_reason_str(reason: int) -> str:
         return _REASON_STR[KmsgDumpReason(reason)]
     except (ValueError, KeyError):
         return "Unknown"
+
+
+_PRE_5_8_REASONS = {4: "Restart", 5: "Halt", 6: "Poweroff"}
+"""Before Linux 5.8 the enum went on RESTART=4, HALT=5, POWEROFF=6 (platform.c
+`get_reason_str` printed these); 5.8 merged them into SHUTDOWN=4."""
+
+
+def reason_name(reason: int, text: bytes = b"") -> str:
+    """The reason's name for a record of any kernel era.
+
+    5 and 6 exist only in the pre-5.8 enum. 4 is Shutdown from 5.8 on and Restart
+    before; the record's own text decides, since platform.c starts every dump with
+    `"%s#%d Part%u\n"` naming the reason in the writer's words (`Restart#1 Part1`).
+    Everything else is the 5.8+ `kmsg_dump_reason_str`.
+    """
+    if reason in (5, 6) or (reason == 4 and text.startswith(b"Restart#")):
+        return _PRE_5_8_REASONS[reason]
+    return kmsg_dump_reason_str(reason)
 
 
 def zone_sig(ptype: PstoreType) -> int:

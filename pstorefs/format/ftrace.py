@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pstorefs.format.abi import Abi, ftrace_record_struct
+from pstorefs.format.abi import Abi, ftrace_record_format
 from pstorefs.format.consts import TS_CPU_SHIFT
 from pstorefs.format.kallsyms import SymbolTable
+
+_TS_CPU_MASK = (1 << TS_CPU_SHIFT) - 1
+"""`TS_CPU_MASK` (include/linux/pstore.h)."""
 
 
 @dataclass(frozen=True)
@@ -21,22 +24,21 @@ class FtraceRecord:
 
 
 def parse_records(abi: Abi, data: bytes) -> list[FtraceRecord]:
-    """The records of one CPU zone's unwrapped bytes.
+    """The records of one CPU zone's unwrapped bytes, decoded as include/linux/pstore.h
+    does for the ABI: the CPU in the low bits of `ip` (`PSTORE_CPU_IN_IP`, `ts` as is),
+    or in the low `TS_CPU_SHIFT` bits of `ts`. `ip` is kept as stored, CPU bits and all:
+    that is what the kernel prints.
 
     Like `pstore_ftrace_combine_log`, the first `len % sizeof(record)` bytes are a
     partly overwritten record and are dropped.
     """
-    rec = ftrace_record_struct(abi)
-    size = rec.sizeof()
-    out = []
-    for off in range(len(data) % size, len(data), size):
-        r = rec.parse(data[off:off + size])
-        if abi.cpu_in_ip_mask:
-            cpu, timestamp = r.ip & abi.cpu_in_ip_mask, r.ts
-        else:
-            cpu, timestamp = r.ts & ((1 << TS_CPU_SHIFT) - 1), r.ts >> TS_CPU_SHIFT
-        out.append(FtraceRecord(r.ip, r.parent_ip, cpu, timestamp))
-    return out
+    fmt = ftrace_record_format(abi)
+    records = fmt.iter_unpack(data[len(data) % fmt.size:])
+    mask = abi.cpu_in_ip_mask
+    if mask:
+        return [FtraceRecord(ip, parent, ip & mask, ts) for ip, parent, ts in records]
+    return [FtraceRecord(ip, parent, ts & _TS_CPU_MASK, ts >> TS_CPU_SHIFT)
+            for ip, parent, ts in records]
 
 
 def merge_zones(zones: Iterable[Sequence[FtraceRecord]]) -> list[FtraceRecord]:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import struct as python_struct
 from dataclasses import dataclass
+from functools import cache
 
 from construct import ConstructError, Struct
 
 from pstorefs.errors import FormatError
 from pstorefs.format.abi import Abi, kmsg_header_struct, zone_header_struct
 from pstorefs.format.consts import (
+    BLKZ_BUFFER_SIZE,
     PSTORE_KMSG_HEADER_MAGIC,
     PSZ_BUFFER_SIZE,
+    KmsgDumpReason,
     PstoreType,
-    kmsg_dump_reason_str,
+    ZoneFormat,
+    reason_name,
     zone_sig,
 )
 
@@ -59,7 +63,11 @@ class KmsgHeader:
         return max(-(1 << 63), min(ns, (1 << 63) - 1))
 
 
-def parse_zone_header(abi: Abi, buf: bytes, offset: int) -> ZoneHeader:
+def parse_zone_header(abi: Abi, buf: bytes, offset: int,
+                      fmt: ZoneFormat = ZoneFormat.ZONE) -> ZoneHeader:
+    """`struct psz_buffer`, or the blkoops RFC's `struct blkz_buffer` (no `start`)."""
+    if fmt is ZoneFormat.BLKOOPS:
+        buf = buf[:BLKZ_BUFFER_SIZE] + bytes(PSZ_BUFFER_SIZE - BLKZ_BUFFER_SIZE)
     h = parse(zone_header_struct(abi), buf[:PSZ_BUFFER_SIZE], offset, "zone header")
     return ZoneHeader(h.sig, h.datalen, h.start)
 
@@ -99,27 +107,46 @@ def ring_unwrap(data: bytes, header: ZoneHeader) -> bytes:
     return data[header.start:header.datalen] + data[:header.start]
 
 
-def kmsg_prefix(kmsg: KmsgHeader) -> bytes:
-    """The line `psz_kmsg_read` puts before an uncompressed record:
-    `"%s: Total %d times\\n"` — `%d`, so the u32 counter prints signed."""
+def kmsg_prefix(kmsg: KmsgHeader, fmt: ZoneFormat, text: bytes) -> bytes:
+    """The line the kernel puts before an uncompressed record, `text`.
+
+    `psz_kmsg_read`: `"%s: Total %d times\\n"` with the reason's name (`reason_name`:
+    the pre-5.8 names where the record shows them). The blkoops RFC's `blkz_dmesg_read`:
+    `"blkoops: %s: Total %d times\\n"`, "Oops" for an oops and "Panic" for anything
+    else. `%d` in both, so the u32 counter prints signed."""
     counter = kmsg.counter - (1 << 32) if kmsg.counter >= 1 << 31 else kmsg.counter
-    return f"{kmsg_dump_reason_str(kmsg.reason)}: Total {counter} times\n".encode()
+    if fmt is ZoneFormat.BLKOOPS:
+        why = "Oops" if kmsg.reason == KmsgDumpReason.OOPS else "Panic"
+        return f"blkoops: {why}: Total {counter} times\n".encode()
+    return f"{reason_name(kmsg.reason, text)}: Total {counter} times\n".encode()
 
 
 def kmsg_layout_fits(abi: Abi, buf: bytes) -> bool:
     """Whether the bytes after a dmesg zone's header read as this ABI's
     `psz_kmsg_header` written by a kernel: the magic, a `tv_nsec` below one second,
-    `compressed` 0 or 1, zero padding (the kernel kzallocs the buffer it fills), and a
-    `tv_sec` before the year 2242 (read with the wrong ABI, a 64-bit header's seconds
-    land in the high word). This is what tells a 28-byte i386 header from a 40-byte
-    64-bit one."""
+    `compressed` 0 or 1, padding all zeros (zone.c kzallocs the buffer it fills) or all
+    0xFF (the blkoops RFC fills its zone buffers with 0xFF first), and a `tv_sec` before
+    the year 2242 (read with the wrong ABI, a 64-bit header's seconds land in the high
+    word). This is what tells a 28-byte i386 header from a 40-byte 64-bit one."""
     s = kmsg_header_struct(abi)
     raw = buf[:s.sizeof()]
     if len(raw) < s.sizeof():
         return False
     h = s.parse(raw)
+    rebuilt = s.build(h)
     return (h.magic == PSTORE_KMSG_HEADER_MAGIC
             and 0 <= h.tv_nsec < 1_000_000_000
             and 0 <= h.tv_sec < 1 << 33
             and h.compressed in (0, 1)
-            and s.build(h) == raw)
+            and raw in (rebuilt, bytes(r | m for r, m in zip(rebuilt, _padding(abi),
+                                                                strict=True))))
+
+
+@cache
+def _padding(abi: Abi) -> bytes:
+    """0xFF at each padding byte of the ABI's `psz_kmsg_header`, 0 elsewhere: what stays
+    zero when every field is built all-ones."""
+    ones = kmsg_header_struct(abi).build({
+        "magic": 0xFFFFFFFF, "tv_sec": -1, "tv_nsec": -1, "compressed": 0xFF,
+        "counter": 0xFFFFFFFF, "reason": -1})
+    return bytes(0 if b else 0xFF for b in ones)

@@ -15,7 +15,8 @@ class Record:
     """One record as found from the zone headers, before any body is read.
 
     `snapshot` holds the header bytes of each zone as they were when listed: erase
-    writes only if the disk still holds exactly these.
+    writes only if the disk still holds exactly these. An `erased` record is one `rm`
+    already erased, recovered from the bytes it left (`show_erased`).
     """
 
     type: PstoreType
@@ -26,6 +27,7 @@ class Record:
     reason: int | None = None
     counter: int | None = None
     snapshot: tuple[bytes, ...] = field(default=(), repr=False)
+    erased: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,21 @@ class Store(ABC):
         """The file's content: what `cat` shows."""
 
     @abstractmethod
+    def attributes(self, record: Record) -> dict[str, str]:
+        """What the back end knows of `record` beyond its file (extended attributes)."""
+
+    @property
+    def erased(self) -> Sequence[Record]:
+        """Erased records whose bytes survive, where the back end can recover them."""
+        return ()
+
+    @abstractmethod
     def erase(self, record: Record) -> None:
         """Erase `record` on the device exactly as the kernel would, durably."""
+
+    @abstractmethod
+    def layout(self) -> dict[str, object]:
+        """The back end's parameters in use and how they were found (`pstorectl probe`)."""
 
     @abstractmethod
     def describe(self) -> str:

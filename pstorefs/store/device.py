@@ -30,6 +30,20 @@ BLKROGET = 0x125E
 SECTOR_SIZE = 512
 LOOP_MAJOR = 7
 
+_GONE = frozenset({errno.ENXIO, errno.ENODEV, errno.ENOMEDIUM, errno.ENOTCONN,
+                   errno.ESHUTDOWN, errno.ECONNABORTED, errno.ESTALE, errno.EBADF})
+"""What a source that went away (USB stick pulled, loop device or its server gone)
+fails with. To the callers of pstorefs these are all EIO: the record could not be read
+or written; the cause stays in the message."""
+
+
+def _io_errno(exc: OSError, *, read: bool) -> int:
+    """The errno a failed device call is reported with: EIO for every failed read and
+    for a vanished device; a write keeps what it says (ENOSPC, EROFS, ...)."""
+    if read or exc.errno is None or exc.errno in _GONE:
+        return errno.EIO
+    return exc.errno
+
 
 def _loop_backing_file(rdev: int) -> str | None:
     """The file behind a loop device (or a partition of one), from sysfs."""
@@ -140,7 +154,7 @@ class Device:
             data = os.pread(self.fd, length, offset)
         except OSError as exc:
             raise DeviceError(f"{self.path}: read of {length} bytes at {offset:#x} failed: "
-                              f"{exc.strerror}", exc.errno or errno.EIO) from None
+                              f"{exc.strerror}", _io_errno(exc, read=True)) from None
         if len(data) != length:
             raise DeviceError(f"{self.path}: short read at {offset:#x} "
                               f"({len(data)} of {length} bytes)")
@@ -154,7 +168,7 @@ class Device:
             written = os.pwrite(self.fd, data, offset)
         except OSError as exc:
             raise DeviceError(f"{self.path}: write at {offset:#x} failed: {exc.strerror}",
-                              exc.errno or errno.EIO) from None
+                              _io_errno(exc, read=False)) from None
         if written != len(data):
             raise DeviceError(f"{self.path}: short write at {offset:#x}")
 
@@ -164,7 +178,7 @@ class Device:
             os.fdatasync(self.fd)
         except OSError as exc:
             raise DeviceError(f"{self.path}: fdatasync failed: {exc.strerror}",
-                              exc.errno or errno.EIO) from None
+                              _io_errno(exc, read=False)) from None
 
     def close(self) -> None:
         for fd in self._fds:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from pstorefs.errors import GeometryError
-from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType
+from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, ZoneFormat
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,12 @@ class Zone:
     index: int
     offset: int
     size: int
+    header_size: int = PSZ_BUFFER_SIZE
 
     @property
     def buffer_size(self) -> int:
         """Bytes after the zone header (`zone->buffer_size`)."""
-        return self.size - PSZ_BUFFER_SIZE
+        return self.size - self.header_size
 
 
 def kib_to_bytes(name: str, kib: int) -> int:
@@ -46,23 +47,52 @@ def kib_to_bytes(name: str, kib: int) -> int:
 
 @dataclass(frozen=True)
 class Geometry:
-    """The writer's pstore/blk parameters, in bytes (`nr_cpus` is its `nr_cpu_ids`)."""
+    """The writer's pstore/blk parameters, in bytes (`nr_cpus` is its `nr_cpu_ids`).
+
+    `capped`: the area ends at 128 MiB, as since Linux 5.11; 5.8-5.10 and the blkoops
+    RFC used the whole partition.
+    """
 
     kmsg_size: int
     pmsg_size: int = 0
     console_size: int = 0
     ftrace_size: int = 0
     nr_cpus: int = 1
+    format: ZoneFormat = ZoneFormat.ZONE
+    capped: bool = True
+
+    def kernel_parameters(self) -> str:
+        """The writer's module parameters that give this layout, as a kernel command line
+        would carry them."""
+        if self.format is ZoneFormat.BLKOOPS:
+            return f"blkoops.dmesg_size={self.kmsg_size // 1024}"
+        params = [f"pstore_blk.{key}={value // 1024}" for key, value in (
+            ("kmsg_size", self.kmsg_size), ("pmsg_size", self.pmsg_size),
+            ("console_size", self.console_size), ("ftrace_size", self.ftrace_size))]
+        if self.ftrace_size:
+            params.append(f"nr_cpus={self.nr_cpus}")  # the boot parameter that sets nr_cpu_ids
+        return " ".join(params)
+
+    def mount_options(self) -> str:
+        """The `-o` options that pin this layout (pstorefs' names, sizes in KiB)."""
+        opts = [f"kmsg_size={self.kmsg_size // 1024}", f"pmsg_size={self.pmsg_size // 1024}",
+                f"console_size={self.console_size // 1024}",
+                f"ftrace_size={self.ftrace_size // 1024}", f"nr_cpus={self.nr_cpus}"]
+        if self.format is not ZoneFormat.ZONE:
+            opts.append(f"format={self.format.value}")
+        return ",".join(opts)
 
     def zones(self, source_size: int) -> list[Zone]:
         """Every zone, in the kernel's order: pmsg, console, ftrace per CPU, dmesg.
 
         Raises GeometryError where the kernel's `register_pstore_zone` would refuse.
         """
-        total = min(source_size, SZ_128M)
         if source_size < 4096:
             raise GeometryError(f"the source holds {source_size} bytes; pstore/zone needs "
                                 "at least 4096")
+        if self.format is ZoneFormat.BLKOOPS:
+            return self._blkoops_zones(source_size)
+        total = min(source_size, SZ_128M) if self.capped else source_size
         if not (self.kmsg_size or self.pmsg_size or self.console_size or self.ftrace_size):
             raise GeometryError("every zone size is 0: at least one of kmsg_size, pmsg_size, "
                                 "console_size, ftrace_size must be set")
@@ -95,6 +125,18 @@ class Geometry:
                 zones.append(Zone(PstoreType.DMESG, index, offset, self.kmsg_size))
                 offset += self.kmsg_size
         return zones
+
+    def _blkoops_zones(self, source_size: int) -> list[Zone]:
+        """`blkz_cut_zones` of the RFC: dmesg zones from offset 0 over the whole partition."""
+        if self.pmsg_size or self.console_size or self.ftrace_size:
+            raise GeometryError("the blkoops format has dmesg zones only: pmsg_size, "
+                                "console_size and ftrace_size must be 0")
+        if self.kmsg_size <= 0 or self.kmsg_size > source_size:
+            raise GeometryError(f"kmsg_size={self.kmsg_size // 1024} KiB: no dmesg zone fits "
+                                f"in the {source_size} bytes of the source")
+        header = ZoneFormat.BLKOOPS.header_size
+        return [Zone(PstoreType.DMESG, index, index * self.kmsg_size, self.kmsg_size, header)
+                for index in range(source_size // self.kmsg_size)]
 
     @staticmethod
     def _check_room(ptype: PstoreType, offset: int, size: int, total: int) -> None:

@@ -3,20 +3,27 @@ them when asked, erase them as zone.c does."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import struct
 import threading
 from collections.abc import Sequence
 
-from pstorefs.errors import DeviceError, GeometryError, ReadOnlyError, ZoneChangedError
-from pstorefs.format.abi import ABIS, X86_64, Abi
-from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, zone_sig
+from pstorefs.errors import DeviceError, ReadOnlyError, ZoneChangedError
+from pstorefs.format.abi import ABIS, Abi
+from pstorefs.format.abi_detect import detect_abi
+from pstorefs.format.consts import (
+    PSTORE_KMSG_HEADER_MAGIC,
+    PSZ_BUFFER_SIZE,
+    PstoreType,
+    ZoneFormat,
+    reason_name,
+    zone_sig,
+)
 from pstorefs.format.ftrace import merge_zones, parse_records, render_text
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.zone import (
+    KmsgHeader,
     ZoneHeader,
-    kmsg_layout_fits,
     kmsg_prefix,
     kmsg_zone_ok,
     parse_kmsg_header,
@@ -26,7 +33,7 @@ from pstorefs.format.zone import (
 )
 from pstorefs.store.base import Entry, Record, Store
 from pstorefs.store.cache import BodyCache
-from pstorefs.store.decompress import inflate_raw
+from pstorefs.store.decompress import decompress
 from pstorefs.store.device import SECTOR_SIZE, Device
 from pstorefs.store.geometry import Geometry, Zone
 
@@ -38,6 +45,10 @@ _KMSG_PROBE = PSZ_BUFFER_SIZE + max(abi.kmsg_header_size for abi in ABIS.values(
 _RING_TYPES = (PstoreType.FTRACE, PstoreType.PMSG, PstoreType.CONSOLE)
 """After the dmesg zones, the kernel reads ftrace, then pmsg, then console."""
 
+_FILL = b"\x00\xff"
+"""What a zone holds where nothing was written: zeros of a fresh partition, or the 0xFF
+zone.c fills its buffers with before flushing them whole."""
+
 DEFAULT_CACHE_BUDGET = 16 << 20
 
 
@@ -46,22 +57,33 @@ class ZoneStore(Store):
 
     Opening reads the zone headers only; a body is read and decoded the first time its
     size or content is asked for, and kept in a fixed-budget cache.
+    `show_erased` also lists the records `rm` erased whose bytes are still on disk.
     """
 
     def __init__(self, device: Device, geometry: Geometry, *, name: str,
                  abi: Abi | None = None, symbols: SymbolTable = NO_SYMBOLS,
-                 cache_budget: int = DEFAULT_CACHE_BUDGET) -> None:
+                 cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = (),
+                 show_erased: bool = False) -> None:
         self.device = device
         self.geometry = geometry
         self.name = name
         self.symbols = symbols
+        self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
         self._lock = threading.Lock()
         self._cache = BodyCache(cache_budget)
         self._entries: dict[Record, Entry] = {}
+        self._codecs: dict[Record, str] = {}
         probes = self._read_headers()
-        self.abi = abi or self._detect_abi(probes)
+        self._order = abi if abi else _order_abi(self._little_endian(probes))
+        if abi is None:
+            abi, note = self._detect_abi(probes)
+            if note:
+                log.debug("%s: %s", device.path, note)
+                self.assumed += (note,)
+        self.abi = abi
         self._records = self._recover(probes)
+        self._erased = self._recover_erased(probes) if show_erased else []
 
     @property
     def read_only(self) -> bool:  # type: ignore[override]
@@ -71,12 +93,36 @@ class ZoneStore(Store):
     def records(self) -> Sequence[Record]:
         return self._records
 
+    @property
+    def erased(self) -> Sequence[Record]:
+        return self._erased
+
+    def layout(self) -> dict[str, object]:
+        g = self.geometry
+        return {
+            "backend": "zone",
+            "format": g.format.value,
+            "abi": self.abi.name,
+            "little_endian": self.abi.little_endian,
+            "kmsg_size": g.kmsg_size // 1024,
+            "pmsg_size": g.pmsg_size // 1024,
+            "console_size": g.console_size // 1024,
+            "ftrace_size": g.ftrace_size // 1024,
+            "nr_cpus": g.nr_cpus,
+            "capped": g.capped,
+            "zones": len(self.zones),
+            "records": len(self._records),
+            "kernel_parameters": g.kernel_parameters(),
+            "mount_options": f"{g.mount_options()},abi={self.abi.name}",
+            "assumed": list(self.assumed),
+        }
+
     def describe(self) -> str:
         g = self.geometry
-        return (f"{self.device.path}: pstore/zone, abi {self.abi.name}, "
-                f"kmsg_size={g.kmsg_size // 1024} pmsg_size={g.pmsg_size // 1024} "
-                f"console_size={g.console_size // 1024} ftrace_size={g.ftrace_size // 1024} "
-                f"nr_cpus={g.nr_cpus}: {len(self.zones)} zones, {len(self._records)} records")
+        cap = "" if g.capped else ", past the 128 MiB cap"
+        return (f"{self.device.path}: {g.format.value} format, abi {self.abi.name}, "
+                f"{g.mount_options()}{cap}: {len(self.zones)} zones, "
+                f"{len(self._records)} records")
 
     def close(self) -> None:
         self.device.close()
@@ -94,64 +140,38 @@ class ZoneStore(Store):
                           zone.index, zone.offset, exc)
         return probes
 
-    def _detect_abi(self, probes: dict[Zone, bytes]) -> Abi:
-        """The writer's ABI, voted by the dmesg headers (or, without any, by the ftrace
-        records). Refuses only where records exist and the ABIs cannot be told apart.
+    @staticmethod
+    def _little_endian(probes: dict[Zone, bytes]) -> bool:
+        """The writer's byte order, from the signatures at the zone starts (all zone.c
+        structs are host-endian, the zone header included)."""
+        big = sum(raw[:4] == zone_sig(zone.type).to_bytes(4, "big")
+                  for zone, raw in probes.items())
+        little = sum(raw[:4] == zone_sig(zone.type).to_bytes(4, "little")
+                     for zone, raw in probes.items())
+        return big <= little
 
-        The zone header is the same 12 little-endian bytes on every ABI read here, so
-        it is parsed before the ABI is known."""
-        votes = {abi: 0 for abi in ABIS.values()}
-        candidates = 0
+    def _detect_abi(self, probes: dict[Zone, bytes]) -> tuple[Abi, str | None]:
+        """The writer's ABI, from its dmesg headers and ftrace records."""
+        kmsg_headers = []
         for zone, raw in probes.items():
             if zone.type is not PstoreType.DMESG:
                 continue
-            header = parse_zone_header(X86_64, raw, zone.offset)
-            if (header.sig != zone_sig(PstoreType.DMESG)
-                    or not 0 < header.datalen <= zone.buffer_size):
-                continue
-            candidates += 1
-            for abi in votes:
-                votes[abi] += kmsg_layout_fits(abi, raw[PSZ_BUFFER_SIZE:])
-        if candidates:
-            ranked = sorted(votes.items(), key=lambda kv: kv[1], reverse=True)
-            if ranked[0][1] > ranked[1][1]:
-                return ranked[0][0]
-            if ranked[0][1] == 0:
-                log.warning("%s: no dmesg header reads as a known ABI; assuming %s",
-                            self.device.path, X86_64.name)
-                return X86_64
-            raise GeometryError("the dmesg headers fit more than one ABI: give abi="
-                                + " or abi=".join(a.name for a, n in ranked if n == ranked[0][1]))
-        return self._detect_abi_from_ftrace(probes)
-
-    def _detect_abi_from_ftrace(self, probes: dict[Zone, bytes]) -> Abi:
-        """pstore's ftrace timestamps count up record by record: only the right record
-        size reads them as (almost always) increasing."""
-        datas = [self._ring_data(zone, parse_zone_header(X86_64, probes[zone], zone.offset))
-                 for zone in self.zones if zone.type is PstoreType.FTRACE and zone in probes]
-        datas = [d for d in datas if d]
-        if not datas:
-            return X86_64
-        fitting = []
-        for abi in ABIS.values():
-            pairs = rising = 0
-            for data in datas:
-                ts = [r.timestamp for r in parse_records(abi, data)]
-                pairs += max(len(ts) - 1, 0)
-                rising += sum(a <= b for a, b in itertools.pairwise(ts))
-            if pairs >= 3 and rising >= 0.9 * pairs:
-                fitting.append(abi)
-        if len(fitting) == 1:
-            return fitting[0]
-        raise GeometryError("cannot tell the writer's ABI from its ftrace records: give "
-                            + " or ".join(f"abi={a}" for a in ABIS))
+            header = self._header(zone, raw)
+            if (header.sig == zone_sig(PstoreType.DMESG)
+                    and 0 < header.datalen <= zone.buffer_size):
+                kmsg_headers.append(raw[zone.header_size:])
+        ftrace_zones = [self._ring_data(zone, self._header(zone, probes[zone]))
+                        for zone in self.zones if zone.type is PstoreType.FTRACE
+                        and zone in probes]
+        return detect_abi(little_endian=self._order.little_endian, kmsg_headers=kmsg_headers,
+                          ftrace_zones=[data for data in ftrace_zones if data])
 
     def _ring_data(self, zone: Zone, header: ZoneHeader) -> bytes | None:
         """A ring zone's bytes in write order, or None if it holds no record."""
         if not ring_zone_ok(header, zone.type, zone.buffer_size):
             return None
         try:
-            data = self.device.read(zone.offset + PSZ_BUFFER_SIZE, header.datalen)
+            data = self.device.read(zone.offset + zone.header_size, header.datalen)
         except DeviceError as exc:
             log.error("%s zone %d: %s", zone.type.file_prefix, zone.index, exc)
             return None
@@ -162,6 +182,9 @@ class ZoneStore(Store):
         records: list[Record] = []
         for zone in self.zones:
             if zone.type is PstoreType.DMESG and zone in probes:
+                if (self.geometry.format is ZoneFormat.BLKOOPS
+                        and self._header(zone, probes[zone]).sig != zone_sig(zone.type)):
+                    break  # blkz_recover_dmesg_meta: zones are used in order, none after
                 record = self._kmsg_record(zone, probes[zone])
                 if record:
                     records.append(record)
@@ -173,18 +196,42 @@ class ZoneStore(Store):
                                       snapshot=tuple(probes[z] for z in zones)))
         return records
 
+    def _recover_erased(self, probes: dict[Zone, bytes]) -> list[Record]:
+        """Zones `rm` erased (`datalen` 0, the signature kept) whose bytes remain: a
+        dmesg zone with its dmesg header intact, a ring zone with data after the header.
+        Each CPU's ftrace zone is its own record here, as their order is lost."""
+        erased: list[Record] = []
+        for zone, raw in probes.items():
+            header = self._header(zone, raw)
+            if header.sig != zone_sig(zone.type) or header.datalen != 0:
+                continue
+            if zone.type is PstoreType.DMESG:
+                kmsg = self._kmsg_header(zone, raw)
+                if kmsg.magic == PSTORE_KMSG_HEADER_MAGIC:
+                    erased.append(Record(PstoreType.DMESG, zone.index, (zone,),
+                                         time_ns=kmsg.time_ns, compressed=kmsg.compressed,
+                                         reason=kmsg.reason, counter=kmsg.counter,
+                                         snapshot=(raw,), erased=True))
+            elif zone.type in _RING_TYPES:
+                erased.append(Record(zone.type, zone.index, (zone,), snapshot=(raw,),
+                                     erased=True))
+        return erased
+
     def _header(self, zone: Zone, raw: bytes) -> ZoneHeader:
-        return parse_zone_header(self.abi, raw, zone.offset)
+        return parse_zone_header(self._order, raw, zone.offset, self.geometry.format)
+
+    def _kmsg_header(self, zone: Zone, raw: bytes) -> KmsgHeader:
+        return parse_kmsg_header(self.abi, raw[zone.header_size:],
+                                 zone.offset + zone.header_size)
 
     def _kmsg_record(self, zone: Zone, raw: bytes) -> Record | None:
         header = self._header(zone, raw)
-        hlen = self.abi.kmsg_header_size
-        kmsg = parse_kmsg_header(self.abi, raw[PSZ_BUFFER_SIZE:], zone.offset + PSZ_BUFFER_SIZE)
+        kmsg = self._kmsg_header(zone, raw)
         if not kmsg_zone_ok(header, kmsg, self.abi, zone.buffer_size):
             return None
         return Record(PstoreType.DMESG, zone.index, (zone,), time_ns=kmsg.time_ns,
                       compressed=kmsg.compressed, reason=kmsg.reason, counter=kmsg.counter,
-                      snapshot=(raw[:PSZ_BUFFER_SIZE + hlen],))
+                      snapshot=(raw[:zone.header_size + self.abi.kmsg_header_size],))
 
     # -- files --------------------------------------------------------------------
     def entry(self, record: Record) -> Entry:
@@ -208,6 +255,36 @@ class ZoneStore(Store):
     def read(self, record: Record) -> bytes:
         return self._body(record)
 
+    def attributes(self, record: Record) -> dict[str, str]:
+        """What the headers know and the kernel's files do not show."""
+        zone = record.zones[0]
+        attrs = {
+            "zone_offset": ",".join(str(z.offset) for z in record.zones),
+            "zone_size": str(zone.size),
+            "abi": self.abi.name,
+            "format": self.geometry.format.value,
+        }
+        if record.time_ns is not None:
+            attrs["time_ns"] = str(record.time_ns)
+        if record.reason is not None:
+            body = self._body(record)
+            attrs["reason"] = reason_name(record.reason, self._dump_text(record, body))
+            attrs["reason_code"] = str(record.reason)
+            attrs["counter"] = str(record.counter)
+            attrs["compressed"] = "1" if record.compressed else "0"
+            if record.compressed:
+                attrs["compressor"] = self._codecs.get(record, "unknown")
+        if record.erased:
+            attrs["erased"] = "1"
+        return attrs
+
+    def _dump_text(self, record: Record, body: bytes) -> bytes:
+        """The record's own text (platform.c's dump header first), without the
+        "Total N times" line zone.c prepends to an uncompressed one."""
+        if record.compressed:
+            return body if record in self._codecs else b""
+        return body.partition(b"\n")[2]
+
     def _body(self, record: Record) -> bytes:
         body = self._cache.get(record)
         if body is not None:
@@ -228,17 +305,23 @@ class ZoneStore(Store):
         """The file of a dmesg record, and whether it stays compressed (`.enc.z`)."""
         zone, = record.zones
         raw = record.snapshot[0]
-        header = self._header(zone, raw)
         hlen = self.abi.kmsg_header_size
-        payload = self.device.read(zone.offset + PSZ_BUFFER_SIZE + hlen, header.datalen - hlen)
-        kmsg = parse_kmsg_header(self.abi, raw[PSZ_BUFFER_SIZE:], zone.offset + PSZ_BUFFER_SIZE)
-        if not kmsg.compressed:
-            return kmsg_prefix(kmsg) + payload, False
-        text = inflate_raw(payload, self._decompressed_limit(zone))
-        if text is None:
+        start = zone.offset + zone.header_size + hlen
+        if record.erased:
+            payload = self.device.read(start, zone.buffer_size - hlen).rstrip(b"\0")
+        else:
+            payload = self.device.read(start, self._header(zone, raw).datalen - hlen)
+        if not record.compressed:
+            return kmsg_prefix(self._kmsg_header(zone, raw), self.geometry.format,
+                               payload) + payload, False
+        limit = self._decompressed_limit(zone)
+        decoded = (decompress(payload, limit) if not record.erased
+                   else _decompress_trimmed(payload, limit))
+        if decoded is None:
             log.warning("%s: dmesg zone %d: compressed record does not decompress: shown "
                         "raw as .enc.z", self.device.path, zone.index)
             return payload, True
+        text, self._codecs[record] = decoded
         return text, False
 
     def _decompressed_limit(self, zone: Zone) -> int:
@@ -247,15 +330,28 @@ class ZoneStore(Store):
 
     def _ring_body(self, record: Record) -> bytes:
         zone, = record.zones
+        if record.erased:
+            return self._erased_ring(zone)
         data = self._ring_data(zone, self._header(zone, record.snapshot[0]))
         if data is None:
             raise DeviceError(f"{self.device.path}: {zone.type.file_prefix} zone unreadable")
         return data
 
+    def _erased_ring(self, zone: Zone) -> bytes:
+        """An erased ring's buffer up to its last written byte: `start` was zeroed with
+        `datalen`, so where the ring began is lost and the bytes come in buffer order."""
+        data = self.device.read(zone.offset + zone.header_size, zone.buffer_size)
+        return data.rstrip(_FILL)
+
     def _ftrace_text(self, record: Record) -> bytes:
         per_cpu = []
         for zone, raw in zip(record.zones, record.snapshot, strict=True):
-            data = self._ring_data(zone, self._header(zone, raw))
+            if record.erased:
+                data = self._erased_ring(zone)  # the last record may end in zeros:
+                size = self.abi.ftrace_record_size
+                data = data.ljust(min(-(-len(data) // size) * size, zone.buffer_size), b"\0")
+            else:
+                data = self._ring_data(zone, self._header(zone, raw))
             if data is None:
                 raise DeviceError(f"{self.device.path}: ftrace zone {zone.index} unreadable")
             per_cpu.append(parse_records(self.abi, data))
@@ -277,6 +373,8 @@ class ZoneStore(Store):
         commits whole; when they straddle a sector boundary, `datalen` is written and
         synced before `start`. Either way a cut leaves the zone as it was, or erased.
         """
+        if record.erased:
+            raise ReadOnlyError(f"{self.device.path}: an erased record cannot be erased")
         with self._lock:
             if self.device.read_only:
                 raise ReadOnlyError(f"{self.device.path}: mounted read-only")
@@ -305,3 +403,19 @@ class ZoneStore(Store):
             self.device.write(datalen_at, zero)
             self.device.sync()
             self.device.write(datalen_at + 4, zero)
+
+
+def _order_abi(little_endian: bool) -> Abi:
+    """An ABI of that byte order: the zone header reads the same on all of them."""
+    return next(abi for abi in ABIS.values() if abi.little_endian == little_endian)
+
+
+def _decompress_trimmed(payload: bytes, limit: int) -> tuple[bytes, str] | None:
+    """An erased record's stream, whose length went with `datalen`: the zone was written
+    whole with zeros after the stream, which was cut at the last non-zero byte, so put
+    back the few zero bytes a stream can end with."""
+    for pad in range(8):
+        decoded = decompress(payload + bytes(pad), limit)
+        if decoded is not None:
+            return decoded
+    return None

@@ -1,0 +1,463 @@
+"""Every ABI: the layouts derived from the C rules, the names `abi=` takes, detection,
+and whole images written by the test writer for each ABI and read back by the store.
+
+Kernel-written images exist for x86_64 and i386 only (test_t1_format, test_t2_store);
+for the others, the writer (pinned to the kernel by test_writer_rebuilds_fixture on
+those two) builds the image from the same `Abi`, so these tests pin the layouts to the
+table below, which was derived by hand from the C rules (see format/abi.py).
+"""
+
+from __future__ import annotations
+
+import struct
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from writer import ZoneWriter, deflate, ftrace_record
+
+from pstorefs.errors import GeometryError, UsageError
+from pstorefs.format.abi import (
+    ABI_ALIASES,
+    ABI_NAMES,
+    ABIS,
+    BE32,
+    BE32_CPUIP1,
+    BE32_CPUIP3,
+    BE32A4,
+    BE64,
+    I386,
+    LE32,
+    LE32_CPUIP1,
+    LE32_CPUIP3,
+    LE64,
+    X86_64,
+    Abi,
+    ftrace_record_format,
+    ftrace_record_struct,
+    kmsg_header_struct,
+    resolve_abi,
+    zone_header_struct,
+)
+from pstorefs.format.abi_detect import detect_abi
+from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PSZ_SIG, PstoreType, zone_sig
+from pstorefs.format.ftrace import FtraceRecord, parse_records, render_text
+from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
+from pstorefs.format.zone import kmsg_layout_fits, parse_kmsg_header
+from pstorefs.store import Store, StoreConfig, open_store
+from pstorefs.store.zone import ZoneStore
+
+KIB = 1024
+
+
+# == layouts ==============================================================================
+@dataclass(frozen=True)
+class Layout:
+    """Offsets worked out by hand from the C rules; (offset, struct format) per field."""
+
+    kmsg_size: int
+    tv_sec: int
+    tv_nsec: tuple[int, str]
+    compressed: int
+    counter: int
+    reason: int
+    ftrace_size: int
+    ip: tuple[int, str]
+    parent_ip: int
+    ts: int
+
+
+LP64 = Layout(40, 8, (16, "q"), 24, 28, 32, 24, (0, "Q"), 8, 16)
+"""timespec64 8-aligned at 8, 8-byte tv_nsec; sizeof 36 rounded to 8; ulong 8."""
+ILP32_A8 = Layout(40, 8, (16, "i"), 24, 28, 32, 16, (0, "I"), 4, 8)
+"""timespec64 8-aligned at 8, 4-byte tv_nsec then 4 bytes of padding; ulong 4."""
+ILP32_A4 = Layout(28, 4, (12, "i"), 16, 20, 24, 16, (0, "I"), 4, 8)
+"""timespec64 4-aligned at 4, 12 bytes; sizeof 28; ulong 4."""
+
+LAYOUTS = {
+    LE64: LP64, BE64: LP64,
+    LE32: ILP32_A8, BE32: ILP32_A8,
+    LE32_CPUIP3: ILP32_A8, LE32_CPUIP1: ILP32_A8, BE32_CPUIP3: ILP32_A8, BE32_CPUIP1: ILP32_A8,
+    I386: ILP32_A4, BE32A4: ILP32_A4,
+}
+ALL = list(ABIS.values())
+
+
+def order(abi: Abi) -> str:
+    return "<" if abi.little_endian else ">"
+
+
+def test_every_abi_has_a_hand_derived_layout() -> None:
+    assert set(LAYOUTS) == set(ALL)
+    assert len(ABIS) == 10
+
+
+KMSG = {"magic": PSTORE_KMSG_HEADER_MAGIC, "tv_sec": 0x0102030405060708,
+        "tv_nsec": 999_999_999, "compressed": 1, "counter": 0x80000001, "reason": 2}
+
+
+@pytest.mark.parametrize("abi", ALL, ids=lambda a: a.name)
+def test_kmsg_header_offsets(abi: Abi) -> None:
+    want = LAYOUTS[abi]
+    s = kmsg_header_struct(abi)
+    assert s.sizeof() == abi.kmsg_header_size == want.kmsg_size
+    raw = s.build(KMSG)
+    fields = {"magic": (0, "I"), "tv_sec": (want.tv_sec, "q"), "tv_nsec": want.tv_nsec,
+              "compressed": (want.compressed, "B"), "counter": (want.counter, "I"),
+              "reason": (want.reason, "i")}
+    rest = bytearray(raw)
+    for name, (offset, fmt) in fields.items():
+        assert struct.unpack_from(order(abi) + fmt, raw, offset)[0] == KMSG[name], name
+        rest[offset:offset + struct.calcsize(fmt)] = bytes(struct.calcsize(fmt))
+    assert not any(rest), "C padding must be zero-filled"
+    assert parse_kmsg_header(abi, raw, 0).tv_nsec == 999_999_999
+    assert kmsg_layout_fits(abi, kmsg_header_struct(abi).build({**KMSG, "tv_sec": 1 << 30}))
+
+
+@pytest.mark.parametrize("abi", ALL, ids=lambda a: a.name)
+def test_ftrace_record_offsets(abi: Abi) -> None:
+    want = LAYOUTS[abi]
+    s = ftrace_record_struct(abi)
+    assert s.sizeof() == abi.ftrace_record_size == want.ftrace_size
+    raw = s.build({"ip": 0xC1000ABC, "parent_ip": 0xC2000DEF, "ts": 0x1122334455667788})
+    offset, fmt = want.ip
+    assert struct.unpack_from(order(abi) + fmt, raw, offset)[0] == 0xC1000ABC
+    assert struct.unpack_from(order(abi) + fmt, raw, want.parent_ip)[0] == 0xC2000DEF
+    assert struct.unpack_from(order(abi) + "Q", raw, want.ts)[0] == 0x1122334455667788
+
+
+@pytest.mark.parametrize("abi", ALL, ids=lambda a: a.name)
+def test_fast_ftrace_format_is_the_same_layout(abi: Abi) -> None:
+    values = {"ip": 0xC1000ABC, "parent_ip": 0xC2000DEF, "ts": 0x1122334455667788}
+    raw = ftrace_record_struct(abi).build(values)
+    assert ftrace_record_format(abi).size == len(raw)
+    assert ftrace_record_format(abi).unpack(raw) == tuple(values.values())
+
+
+@pytest.mark.parametrize("abi", ALL, ids=lambda a: a.name)
+def test_zone_header_follows_the_byte_order(abi: Abi) -> None:
+    raw = zone_header_struct(abi).build({"sig": zone_sig(PstoreType.DMESG), "datalen": 0x102,
+                                         "start": 3})
+    if abi.little_endian:
+        assert raw == bytes.fromhex("44424743" "02010000" "03000000")
+    else:
+        assert raw == bytes.fromhex("43474244" "00000102" "00000003")
+
+
+# == names ================================================================================
+WANT_ALIASES = {
+    "x86_64": "le64", "amd64": "le64", "arm64": "le64", "aarch64": "le64", "riscv64": "le64",
+    "ppc64le": "le64", "s390x": "be64", "ppc64": "be64", "mips64": "be64", "arm": "le32",
+    "armhf": "le32", "armel": "le32", "riscv32": "le32", "mipsel": "le32", "ppc": "be32",
+    "powerpc": "be32", "mips": "be32", "armeb": "be32", "i686": "i386", "sh4": "i386",
+    "microblazeel": "i386", "openrisc": "be32a4", "or1k": "be32a4", "microblaze": "be32a4",
+    "sh4eb": "be32a4",
+}
+
+
+def test_aliases() -> None:
+    assert ABI_ALIASES == WANT_ALIASES
+    for alias, name in WANT_ALIASES.items():
+        assert resolve_abi(alias) is ABIS[name]
+    for name, abi in ABIS.items():
+        assert resolve_abi(name) is abi and abi.name == name
+    assert set(ABI_NAMES) == set(ABIS) | set(WANT_ALIASES)
+
+
+def test_old_names_stay_importable() -> None:
+    assert X86_64 is LE64 and resolve_abi("x86_64") is X86_64
+    assert I386.name == "i386" and resolve_abi("i686") is I386
+
+
+@pytest.mark.parametrize("name", ["sparc", "auto", "", "X86_64", "le32-cpuip2"])
+def test_unknown_abi_is_a_usage_error(name: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        resolve_abi(name)
+    message = str(exc.value)
+    assert "\n" not in message and f"abi={name}:" in message
+    for valid in ("le64", "be32a4", "le32-cpuip1", "x86_64", "armeb"):
+        assert valid in message
+
+
+# == ftrace decoding ==========================================================================
+def test_writer_encodes_the_cpu_as_the_kernel_does() -> None:
+    assert ftrace_record(LE32, 0xC0001000, 0xC0002000, 1234, 2) == struct.pack(
+        "<IIQ", 0xC0001000, 0xC0002000, 1234 << 8 | 2)
+    assert ftrace_record(LE32_CPUIP3, 0xC0001000, 0xC0002000, 1234, 2) == struct.pack(
+        "<IIQ", 0xC0001002, 0xC0002000, 1234)
+    assert ftrace_record(BE32_CPUIP1, 0xC0001002, 0xC0002000, 7, 1) == struct.pack(
+        ">IIQ", 0xC0001003, 0xC0002000, 7)
+    assert ftrace_record(BE64, 0xFFFFFFFF81000010, 0xFFFFFFFF81000020, 5, 3) == struct.pack(
+        ">QQQ", 0xFFFFFFFF81000010, 0xFFFFFFFF81000020, 5 << 8 | 3)
+    assert ftrace_record(LE64, 1, 2, 1 << 60, 1) == struct.pack("<QQQ", 1, 2, 1)
+
+
+def test_cpu_in_ip_text_prints_ip_as_stored() -> None:
+    """`CPU:%d` is `ip & PSTORE_CPU_IN_IP`, `ts:%llu` the plain counter, `%08lx` and `%ps`
+    take `rec->ip` with the CPU bits still in."""
+    table = SymbolTable(["c0000000 T _stext", "c0001000 T do_work", "c0002000 T caller",
+                         "c0003000 T _etext"])
+    data = struct.pack("<IIQ", 0xC0001003, 0xC0002008, 1234)
+    records = parse_records(LE32_CPUIP3, data)
+    assert records == [FtraceRecord(0xC0001003, 0xC0002008, 3, 1234)]
+    assert render_text(records, table) == (
+        b"CPU:3 ts:1234 c0001003  c0002008  do_work <- caller+0x8/0x1000\n")
+    assert render_text(parse_records(LE32_CPUIP1, data), NO_SYMBOLS) == (
+        b"CPU:1 ts:1234 c0001003  c0002008  0xc0001003 <- 0xc0002008\n")
+    assert render_text(parse_records(LE32, data), NO_SYMBOLS) == (
+        b"CPU:210 ts:4 c0001003  c0002008  0xc0001003 <- 0xc0002008\n")
+
+
+def test_big_endian_32_bit_ftrace_text() -> None:
+    data = b"\x99" * 5 + struct.pack(">IIQ", 0xC0001000, 0xC0002000, 77 << 8 | 1)
+    records = parse_records(BE32, data)
+    assert records == [FtraceRecord(0xC0001000, 0xC0002000, 1, 77)]
+    assert render_text(records, NO_SYMBOLS) == (
+        b"CPU:1 ts:77 c0001000  c0002000  0xc0001000 <- 0xc0002000\n")
+    assert parse_records(BE32_CPUIP3, struct.pack(">IIQ", 0xC0001002, 0xC0002000, 77)) == [
+        FtraceRecord(0xC0001002, 0xC0002000, 2, 77)]
+
+
+# == detection ==============================================================================
+TEXT64 = 0xFFFFFFFF81000000
+TEXT32 = 0xC0008000
+
+
+def header(abi: Abi, *, sec: int = 1_700_000_000, nsec: int = 123_456_789, counter: int = 1,
+           reason: int = 2) -> bytes:
+    """The bytes after a dmesg zone's header: the dmesg header and some record text."""
+    return kmsg_header_struct(abi).build({"magic": PSTORE_KMSG_HEADER_MAGIC, "tv_sec": sec,
+                                          "tv_nsec": nsec, "compressed": 0,
+                                          "counter": counter, "reason": reason}) + b"Oops#1"
+
+
+def calls(abi: Abi, count: int, cpus: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """(cpu, ip, parent_ip, stamp) of `count` traced calls; `stamp` is the kernel's global
+    counter. A 0x1 kernel runs Thumb-2 code (ip 2-byte aligned), the others ARM code."""
+    text = TEXT64 if abi.long_size == 8 else TEXT32
+    thumb = abi.cpu_in_ip_mask == 0x1
+    return [(cpus[i % len(cpus)], text + 0x40 * i + (2 * (i % 3 == 0) if thumb else 0),
+             text + 0x8000 + 4 * i, 100 + i) for i in range(count)]
+
+
+def zones(abi: Abi, count: int = 24, cpus: tuple[int, ...] = (0, 1, 2, 3)) -> list[bytes]:
+    """Each CPU's ftrace zone data, as `fpszs[smp_processor_id()]` gets it."""
+    out = [b""] * (max(cpus) + 1)
+    for cpu, ip, parent, stamp in calls(abi, count, cpus):
+        out[cpu] += ftrace_record(abi, ip, parent, stamp, cpu)
+    return out
+
+
+@pytest.mark.parametrize(("abi", "note"), [
+    (LE64, "le32, le32-cpuip3, le32-cpuip1 would show the same files: assuming abi=le64"),
+    (I386, None),
+    (BE64, None),
+    (BE32, "be32-cpuip3, be32-cpuip1 would show the same files: assuming abi=be32"),
+    (BE32A4, None),
+], ids=lambda v: v.name if isinstance(v, Abi) else None)
+def test_dmesg_headers_alone(abi: Abi, note: str | None) -> None:
+    """LE: le64 and le32 read every dmesg header alike (the 4 bytes after a 4-byte
+    tv_nsec are padding, 0). BE: a be32 tv_nsec read as be64's is shifted 32 bits."""
+    heads = [header(abi, sec=1_700_000_000 + n, counter=n) for n in range(1, 4)]
+    assert detect_abi(little_endian=abi.little_endian, kmsg_headers=heads,
+                      ftrace_zones=[]) == (abi, note)
+
+
+def test_big_endian_headers_with_zero_nanoseconds_are_the_same_for_be64_and_be32() -> None:
+    abi, note = detect_abi(little_endian=False, kmsg_headers=[header(BE32, nsec=0)],
+                           ftrace_zones=[])
+    assert abi is BE64
+    assert note == ("be32, be32-cpuip3, be32-cpuip1 would show the same files: "
+                    "assuming abi=be64")
+
+
+@pytest.mark.parametrize("abi", ALL, ids=lambda a: a.name)
+def test_dmesg_and_ftrace_name_every_abi(abi: Abi) -> None:
+    cpus = (0, 1) if abi.cpu_in_ip_mask == 0x1 else (0, 1, 2, 3)
+    assert detect_abi(little_endian=abi.little_endian, kmsg_headers=[header(abi)],
+                      ftrace_zones=zones(abi, cpus=cpus)) == (abi, None)
+
+
+@pytest.mark.parametrize(("abi", "want", "note"), [
+    (LE64, LE64, None),
+    (I386, I386, "le32 would show the same files: assuming abi=i386"),
+    (LE32, I386, "le32 would show the same files: assuming abi=i386"),
+    (LE32_CPUIP3, LE32_CPUIP3, None),
+    (LE32_CPUIP1, LE32_CPUIP1, None),
+    (BE64, BE64, None),
+    (BE32, BE32, "be32a4 would show the same files: assuming abi=be32"),
+    (BE32_CPUIP3, BE32_CPUIP3, None),
+], ids=lambda v: v.name if isinstance(v, Abi) else None)
+def test_ftrace_alone(abi: Abi, want: Abi, note: str | None) -> None:
+    """Without dmesg headers, i386 and le32 (be32 and be32a4) are the same 16-byte
+    records: either shows the same file."""
+    cpus = (0, 1) if abi.cpu_in_ip_mask == 0x1 else (0, 1, 2, 3)
+    assert detect_abi(little_endian=abi.little_endian, kmsg_headers=[],
+                      ftrace_zones=zones(abi, cpus=cpus)) == (want, note)
+
+
+def test_cpu_in_ip_mask_3_against_1() -> None:
+    """CPUs 2 and 3 set ip bit 1 in every record of their zones: only mask 3 has it. On
+    CPUs 0 and 1 of ARM code both masks read the same: mask 3 is taken, with a note."""
+    assert detect_abi(little_endian=True, kmsg_headers=[],
+                      ftrace_zones=zones(LE32_CPUIP3, cpus=(0, 1, 2, 3))) == (LE32_CPUIP3, None)
+    assert detect_abi(little_endian=True, kmsg_headers=[],
+                      ftrace_zones=zones(LE32_CPUIP3, cpus=(0, 1))) == (
+        LE32_CPUIP3, "le32-cpuip1 would show the same files: assuming abi=le32-cpuip3")
+    assert detect_abi(little_endian=True, kmsg_headers=[],
+                      ftrace_zones=zones(LE32_CPUIP1, cpus=(0, 1))) == (LE32_CPUIP1, None)
+
+
+def test_shifted_ts_wins_over_an_always_aligned_ip() -> None:
+    """With the CPU in `ts`, ARM's 4-byte aligned ip also reads as "CPU in ip": the
+    constant low byte of ts over several records is what tells."""
+    assert detect_abi(little_endian=True, kmsg_headers=[header(LE32)],
+                      ftrace_zones=zones(LE32, cpus=(0,))) == (LE32, None)
+
+
+def test_no_records_at_all() -> None:
+    assert detect_abi(little_endian=True, kmsg_headers=[], ftrace_zones=[]) == (LE64, None)
+    assert detect_abi(little_endian=False, kmsg_headers=[], ftrace_zones=[b"", b""]) == (
+        BE64, None)
+
+
+def test_headers_no_abi_reads_do_not_decide() -> None:
+    bad = bytearray(header(LE64))
+    bad[38] = 1  # tail padding: no kernel leaves it non-zero
+    assert detect_abi(little_endian=True, kmsg_headers=[bytes(bad)], ftrace_zones=[]) == (
+        LE64, "no dmesg header reads as any ABI's: assuming abi=le64")
+    good = [header(LE64), bytes(bad)]
+    assert detect_abi(little_endian=True, kmsg_headers=good, ftrace_zones=[])[0] is LE64
+
+
+@pytest.mark.parametrize(("label", "little", "heads", "ftrace", "names"), [
+    ("zero header: 28 or 40 bytes", True,
+     [header(LE64, sec=0, nsec=0, counter=0, reason=0)], [], ["le64", "i386"]),
+    ("zero header, big-endian", False,
+     [header(BE64, sec=0, nsec=0, counter=0, reason=0)], [], ["be64", "be32a4"]),
+    ("too few ftrace records for the record size", True,
+     [header(LE64)], zones(LE64, count=2, cpus=(0,)), ["le64", "le32", "le32-cpuip3"]),
+    ("one record per CPU: CPU in ts or in ip", True,
+     [], zones(LE32, count=4), ["le64", "i386", "le32-cpuip3"]),
+], ids=lambda v: v if isinstance(v, str) and " " in v else None)
+def test_refused_only_where_the_files_would_differ(label: str, little: bool,
+                                                   heads: list[bytes], ftrace: list[bytes],
+                                                   names: list[str]) -> None:
+    with pytest.raises(GeometryError) as exc:
+        detect_abi(little_endian=little, kmsg_headers=heads, ftrace_zones=ftrace)
+    message = str(exc.value)
+    assert "\n" not in message
+    for name in names:
+        assert f"abi={name}" in message, label
+
+
+# == whole images, every ABI ================================================================
+CONFIG = {"kmsg_size": 4, "pmsg_size": 4, "console_size": 4, "ftrace_size": 16, "nr_cpus": 4}
+PLAIN = b"Oops#1 Part1\n" + b"<4>[   12.345678] a line of the oops\n" * 20
+PACKED = b"Oops#2 Part1\n" + b"<4>[   13.000001] another oops line\n" * 40
+PMSG = b"pmsg line\n" * 30
+CONSOLE = b"[    0.000000] console line\n" * 30
+
+
+def cpus_of(abi: Abi) -> tuple[int, ...]:
+    return (0, 1) if abi.cpu_in_ip_mask == 0x1 else (0, 1, 2, 3)
+
+
+def image(abi: Abi) -> ZoneWriter:
+    """dmesg (plain and deflated), pmsg, console and 4 CPU zones of ftrace, as a kernel
+    of that ABI writes them."""
+    w = ZoneWriter(abi, 64 * KIB, kmsg_size=4 * KIB, pmsg_size=4 * KIB, console_size=4 * KIB,
+                   ftrace_size=16 * KIB, nr_cpus=4)
+    assert w.pmsg is not None and w.console is not None
+    w.dmesg(PLAIN, time=(1_700_000_001, 5))
+    w.dmesg(deflate(PACKED), compressed=True, time=(1_700_000_002, 999_999_999))
+    w.pmsg.write(PMSG)
+    w.console.write(CONSOLE)
+    for cpu, ip, parent, stamp in calls(abi, 40, cpus_of(abi)):
+        w.ftrace_call(cpu, ip, parent, stamp)
+    return w
+
+
+def expected_files(abi: Abi) -> dict[str, bytes]:
+    """What the kernel would show: `CPU:%d ts:%llu %08lx  %08lx  %ps <- %pS` with the
+    CPU and time decoded as the ABI keeps them, `ip` printed as stored."""
+    lines = []
+    for cpu, ip, parent, stamp in calls(abi, 40, cpus_of(abi)):
+        shown = ip | cpu if abi.cpu_in_ip_mask else ip
+        lines.append(f"CPU:{cpu} ts:{stamp} {shown:08x}  {parent:08x}  "
+                     f"0x{shown:x} <- 0x{parent:x}\n".encode())
+    return {"dmesg-blkoops-0": b"Oops: Total 1 times\n" + PLAIN,
+            "dmesg-blkoops-1": PACKED,
+            "pmsg-blkoops-0": PMSG,
+            "console-blkoops-0": CONSOLE,
+            "ftrace-blkoops-0": b"".join(lines)}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[Abi, Path]:
+    out = {}
+    for abi in ALL:
+        path = tmp_path_factory.mktemp("abis") / f"{abi.name}.bin"
+        image(abi).save(path)
+        out[abi] = path
+    return out
+
+
+def listing(store: Store) -> dict[str, bytes]:
+    return {store.entry(r).name: store.read(r) for r in store.records}
+
+
+@pytest.mark.parametrize("abi", ALL, ids=lambda a: a.name)
+def test_image_zone_headers_follow_the_byte_order(images: dict[Abi, Path], abi: Abi) -> None:
+    raw = images[abi].read_bytes()
+    w = image(abi)
+    assert w.pmsg is not None and w.console is not None
+    for zone in (w.pmsg.spec, w.console.spec, w.ftrace[0].spec, w.dmesg_zones[1]):
+        sig = (PSZ_SIG ^ int(zone.type)).to_bytes(4, "little" if abi.little_endian else "big")
+        assert raw[zone.offset:zone.offset + 4] == sig, zone
+    dmesg = w.dmesg_zones[0].offset
+    assert raw[dmesg:dmesg + 4] == (b"DBGC" if abi.little_endian else b"CGBD")
+
+
+@pytest.mark.parametrize("abi", ALL, ids=lambda a: a.name)
+def test_explicit_abi_reads_every_file(images: dict[Abi, Path], abi: Abi) -> None:
+    with closing(open_store(str(images[abi]),
+                            StoreConfig(**CONFIG, read_only=True, abi=abi.name))) as store:
+        assert isinstance(store, ZoneStore) and store.abi is abi
+        assert listing(store) == expected_files(abi)
+
+
+@pytest.mark.parametrize("abi", ALL, ids=lambda a: a.name)
+def test_auto_detects_every_abi(images: dict[Abi, Path], abi: Abi) -> None:
+    """Needs ZoneStore to detect with `detect_abi` (the switch)."""
+    with closing(open_store(str(images[abi]),
+                            StoreConfig(**CONFIG, read_only=True, abi="auto"))) as store:
+        assert isinstance(store, ZoneStore) and store.abi is abi
+        assert listing(store) == expected_files(abi)
+
+
+@pytest.mark.parametrize("alias", sorted(WANT_ALIASES))
+def test_alias_reads_its_abis_image(images: dict[Abi, Path], alias: str) -> None:
+    """Needs open_store to take `abi=` through `resolve_abi` (the switch)."""
+    abi = ABIS[WANT_ALIASES[alias]]
+    with closing(open_store(str(images[abi]),
+                            StoreConfig(**CONFIG, read_only=True, abi=alias))) as store:
+        assert isinstance(store, ZoneStore) and store.abi is abi
+        assert listing(store) == expected_files(abi)
+
+
+@pytest.mark.parametrize("abi", [BE64, BE32, BE32A4], ids=lambda a: a.name)
+def test_big_endian_erase_writes_the_kernels_bytes(tmp_path: Path, abi: Abi) -> None:
+    w = image(abi)
+    path = tmp_path / "image.bin"
+    w.save(path)
+    with closing(open_store(str(path), StoreConfig(**CONFIG, abi=abi.name))) as store:
+        for record in store.records:
+            if record.type in (PstoreType.DMESG, PstoreType.PMSG):
+                store.erase(record)
+    w.erase_dmesg(0)
+    w.erase_dmesg(1)
+    assert w.pmsg is not None
+    w.pmsg.erase()
+    assert path.read_bytes() == bytes(w.image)
