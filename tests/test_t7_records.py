@@ -20,12 +20,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-
-from pstorefs.format.abi import ABIS, Abi, kmsg_header_struct
-from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PSZ_SIG, KmsgDumpReason, ZoneFormat
-from pstorefs.store import Store, StoreConfig, open_store
-from pstorefs.store.zone import ZoneStore
-from tests.conftest import (
+from conftest import (
     CASES,
     ERASE_CASES,
     VENV_BIN,
@@ -35,7 +30,12 @@ from tests.conftest import (
     require,
     run,
 )
-from tests.writer import ZoneWriter, deflate
+from writer import ZoneWriter, deflate
+
+from pstorefs.format.abi import ABIS, Abi, kmsg_header_struct
+from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PSZ_SIG, KmsgDumpReason, ZoneFormat
+from pstorefs.store import Store, StoreConfig, open_store
+from pstorefs.store.zone import ZoneStore
 
 KIB = 1024
 

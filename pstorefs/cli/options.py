@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pstorefs.errors import UsageError
 from pstorefs.format.abi import resolve_abi
 from pstorefs.format.consts import ZoneFormat
-from pstorefs.store import SIZE_OPTIONS, StoreConfig
+from pstorefs.store import BACKENDS, SIZE_OPTIONS, StoreConfig
 
 GENERIC_MOUNT_OPTIONS = frozenset("""
     defaults auto noauto nofail _netdev user nouser users owner noowner group nogroup
@@ -29,6 +29,10 @@ MOUNT OPTIONS); mount.fuse3 adds `dev,suid` to every command it runs."""
 GENERIC_PREFIXES = ("x-", "X-", "user=", "users=", "comment=", "context=", "fscontext=",
                     "defcontext=",
                     "rootcontext=")
+
+
+_NUMBER_OPTIONS = ("nr_cpus", "record_size", "ecc", "erasesize", "offset", "size")
+"""Integer options besides the pstore/blk sizes; `offset=` and `size=` also take 0x…."""
 
 
 @dataclass
@@ -87,10 +91,14 @@ def parse_options(groups: list[str]) -> MountOptions:
             key, has_value, value = item.partition("=")
             if not item or item in GENERIC_MOUNT_OPTIONS or item.startswith(GENERIC_PREFIXES):
                 continue
-            if key in SIZE_OPTIONS or key == "nr_cpus":
+            if key in SIZE_OPTIONS or key in _NUMBER_OPTIONS:
                 if not has_value:
                     raise UsageError(f"{key} needs a value")
-                store[key] = _int(key, value)
+                store[key] = _int(key, value, 0 if key in ("offset", "size") else 10)
+            elif key == "backend" and has_value:
+                if value != "auto" and value not in BACKENDS:
+                    raise UsageError(f"backend={value}: must be auto, " + ", ".join(BACKENDS))
+                store["backend"] = value
             elif key == "name" and has_value:
                 if not value or "/" in value or "\0" in value:
                     raise UsageError(f"name={value}: must be a non-empty name without '/'")
@@ -130,6 +138,12 @@ def parse_options(groups: list[str]) -> MountOptions:
                 raise UsageError(f"unknown mount option '{item}' (see pstorefs --help)")
     if "nr_cpus" in store and int(store["nr_cpus"]) < 1:  # type: ignore[call-overload]
         raise UsageError("nr_cpus must be at least 1")
+    for key in ("record_size", "erasesize", "size"):
+        if key in store and int(store[key]) <= 0:  # type: ignore[call-overload]
+            raise UsageError(f"{key} must be positive")
+    for key in ("ecc", "offset"):
+        if key in store and int(store[key]) < 0:  # type: ignore[call-overload]
+            raise UsageError(f"{key} must not be negative")
     opts.store = StoreConfig(**store)  # type: ignore[arg-type]
     return opts
 
@@ -151,6 +165,12 @@ it); once one is given, the others take the kernel's defaults as below:
                    le64 (x86_64, arm64, riscv64), i386, le32 (arm, riscv32, mipsel),
                    be64 (s390x, ppc64), be32 (ppc, mips), be32a4, le32-cpuip1/3 ...
   show_erased      also show erased records whose bytes remain, read-only, in erased/
+  backend=auto|zone|ramoops|mtdoops|blockconsole
+                   the pstore back end that wrote the source (default auto: recognized)
+  offset=N, size=N the region of the source that holds it (bytes; 0x... accepted)
+  record_size=N    ramoops, mtdoops: record size in bytes (ramoops also takes its
+                   console_size, ftrace_size, pmsg_size in bytes, and ecc=N)
+  erasesize=N      flash (mtdpstore, mtdoops) image: erase block in bytes
   ro               never write; rm fails with EROFS
   uid=, gid=       owner of the files (default root)
   umask=OCTAL      directory mode 0777 & ~umask, files 0444 & ~umask (default 0750/0444)

@@ -14,11 +14,15 @@ Two facts of zone.c settle what the headers alone would leave open:
   run (a zone between two written ones that was never written) means stale headers of
   another layout, and detection refuses rather than number the records on a guess.
 * The ring zones (pmsg, console, ftrace) force `datalen` to the buffer size once they
-  wrap, which gives their size exactly.
+  wrap, which gives their size exactly. The areas come in the kernel's order (pmsg at 0,
+  console, ftrace, dmesg), every area size is a 4 KiB multiple (blk.c rounds them), and
+  the ftrace area is cut into equal per-CPU zones that may end off 4 KiB: what lies
+  between the headers is split accordingly (`_front_areas`).
 
 Where the bytes leave a size open and every choice gives the same files and the same
-erase offsets (an unused area, a single dmesg record), the kernel's default is taken and
-said so; `Detection.assumed` carries the notes.
+erase offsets (an unused area, a ring that has not wrapped, the CPU count of an ftrace
+area, a single dmesg record), the kernel's default or the simplest split is taken and
+said so; `Detection.assumed` carries the notes. Detection only reads.
 """
 
 from __future__ import annotations
@@ -223,7 +227,7 @@ def infer_layout(hits: Sequence[Hit], size: int, *, nr_cpus: int | None = None,
                                 f"{dmesg[0].offset:#x}; the kernel puts pmsg, console and "
                                 "ftrace first: give the sizes")
         start = dmesg[0].offset if dmesg else None
-        pmsg, console, ftrace, cpus = _front_areas(fronts, start, nr_cpus, assumed)
+        pmsg, console, ftrace, cpus = _front_areas(fronts, start, total, nr_cpus, assumed)
         room = total - (pmsg + console + ftrace)
         if dmesg:
             kmsg = _kmsg_size(dmesg, room, fmt, assumed)
@@ -296,10 +300,11 @@ _MAX_BASES = 64
 the same files, so a few are enough to find one, and a refusal stays cheap."""
 
 
-def _front_areas(fronts: Sequence[Hit], end: int | None, nr_cpus: int | None,
+def _front_areas(fronts: Sequence[Hit], end: int | None, total: int, nr_cpus: int | None,
                  assumed: list[str]) -> tuple[int, int, int, int]:
     """pmsg, console and ftrace sizes and the CPU count: the areas before `end` (the
-    first dmesg zone, or None if there is none) that put each header at its zone's start.
+    first dmesg zone, or None if there is none) that put each header at its zone's start,
+    within the `total` bytes the kernel uses.
 
     pmsg starts at 0 and console where its header is; ring sizes are 4 KiB multiples.
     A ring that wrapped ends exactly where its data does; one that did not reaches up to
@@ -309,13 +314,14 @@ def _front_areas(fronts: Sequence[Hit], end: int | None, nr_cpus: int | None,
     header explains becomes an unused area, and the notes say so."""
     pmsg_hit, console_hit, ftrace_hits = _front_hits(fronts)
     if end is None and not ftrace_hits:
-        pmsg, console = _rings_alone(pmsg_hit, console_hit, assumed)
+        pmsg, console = _rings_alone(pmsg_hit, console_hit, total, assumed)
         return pmsg, console, 0, nr_cpus or 1
     bound = ftrace_hits[0].offset if ftrace_hits else end
     assert bound is not None
     for base in itertools.islice(_ftrace_bases(pmsg_hit, console_hit, bound), _MAX_BASES):
         notes: list[str] = []
-        found = _ftrace_area(ftrace_hits, base, end, nr_cpus, notes)
+        found = _ftrace_area(ftrace_hits, base, total if end is None else end, end is None,
+                             nr_cpus, notes)
         if found is not None:
             pmsg, console = _ring_split(pmsg_hit, console_hit, base, found[0], assumed)
             assumed.extend(notes)
@@ -358,23 +364,25 @@ def _front_hits(fronts: Sequence[Hit]) -> tuple[Hit | None, Hit | None, list[Hit
     return pmsg_hit, console_hit, ftrace_hits
 
 
-def _rings_alone(pmsg_hit: Hit | None, console_hit: Hit | None,
+def _rings_alone(pmsg_hit: Hit | None, console_hit: Hit | None, total: int,
                  assumed: list[str]) -> tuple[int, int]:
     """pmsg and console sizes where nothing follows them (no ftrace, no dmesg header)."""
     if console_hit:
         pmsg = console_hit.offset
         if pmsg_hit is None and pmsg:
             assumed.append(_unused_note("pmsg", 0, pmsg))
-        return pmsg, _ring_size_alone(console_hit, assumed)
+        return pmsg, _ring_size_alone(console_hit, total, assumed)
     assert pmsg_hit is not None
-    return _ring_size_alone(pmsg_hit, assumed), 0
+    return _ring_size_alone(pmsg_hit, total, assumed), 0
 
 
-def _ring_size_alone(hit: Hit, assumed: list[str]) -> int:
-    """A pmsg or console zone's size with nothing after it: exact once it wrapped."""
+def _ring_size_alone(hit: Hit, total: int, assumed: list[str]) -> int:
+    """A pmsg or console zone's size with nothing after it: exact once it wrapped, else
+    the default (or what is left of the `total` bytes, if less)."""
     if hit.wrapped:
         return hit.end - hit.offset
-    size = default_size(hit.end - hit.offset)
+    size = max(min(default_size(hit.end - hit.offset), _align_down(total - hit.offset)),
+               _align_up(hit.end - hit.offset))
     assumed.append(f"nothing after the {hit.type.file_prefix} zone shows its end: "
                    f"{hit.type.file_prefix}_size={size // 1024} taken")
     return size
@@ -413,8 +421,9 @@ def _ring_split(pmsg_hit: Hit | None, console_hit: Hit | None, base: int, ftrace
             assumed.append(_unused_note("pmsg", 0, pmsg))
         console = base - pmsg
         if not console_hit.wrapped and not ftrace:
-            assumed.append(f"the console zone is not full: console_size={console // 1024} "
-                           "taken, up to the dmesg zones (a smaller one gives the same files)")
+            assumed.append(f"the console ring has not wrapped: console_size="
+                           f"{console // 1024} taken, up to the dmesg zones (a smaller one "
+                           "and an unused ftrace area give the same files)")
         return pmsg, console
     if pmsg_hit and pmsg_hit.wrapped:
         pmsg = pmsg_hit.end
@@ -422,9 +431,9 @@ def _ring_split(pmsg_hit: Hit | None, console_hit: Hit | None, base: int, ftrace
             assumed.append(_unused_note("console", pmsg, base - pmsg))
         return pmsg, base - pmsg
     if pmsg_hit:
-        assumed.append(f"the pmsg zone is not full: pmsg_size={base // 1024} taken, up to "
-                       "the next area (a smaller one and an unused console area give the "
-                       "same files)")
+        assumed.append(f"the pmsg ring has not wrapped: pmsg_size={base // 1024} taken, up "
+                       "to the next area (a smaller one and an unused console area give "
+                       "the same files)")
     elif base:
         assumed.append(_unused_note("pmsg", 0, base))
     return base, 0
@@ -435,15 +444,16 @@ def _unused_note(area: str, offset: int, size: int) -> str:
             f"area, {area}_size={size // 1024}")
 
 
-def _ftrace_area(hits: Sequence[Hit], base: int, end: int | None, nr_cpus: int | None,
-                 notes: list[str]) -> tuple[int, int] | None:
+def _ftrace_area(hits: Sequence[Hit], base: int, end: int, open_end: bool,
+                 nr_cpus: int | None, notes: list[str]) -> tuple[int, int] | None:
     """ftrace_size and nr_cpus for an area from `base` whose zones end at `end` (the
-    first dmesg zone; None if there is none), or None if no split puts every header in
-    `hits` at a zone start: `ftrace_size // nr_cpus`-byte zones, as many as fit in
-    `ftrace_size`, which is a 4 KiB multiple. CPUs whose zone holds no header are
-    allowed anywhere (a CPU that traced nothing writes nothing)."""
-    if end is None:
-        return _ftrace_open(hits, base, nr_cpus, notes)
+    first dmesg zone; with `open_end`, there is none and `end` is the most they may
+    take), or None if no split puts every header in `hits` at a zone start:
+    `ftrace_size // nr_cpus`-byte zones, as many as fit in `ftrace_size`, which is a
+    4 KiB multiple. CPUs whose zone holds no header are allowed anywhere (a CPU that
+    traced nothing writes nothing)."""
+    if open_end:
+        return _ftrace_open(hits, base, end, nr_cpus, notes)
     length = end - base
     if length < 0 or (length == 0 and hits):
         return None
@@ -493,10 +503,11 @@ def _cpus_for(per_cpu: int, length: int, nr_cpus: int | None) -> int | None:
     return cpus if ftrace // cpus == per_cpu else None
 
 
-def _ftrace_open(hits: Sequence[Hit], base: int, nr_cpus: int | None,
+def _ftrace_open(hits: Sequence[Hit], base: int, limit: int, nr_cpus: int | None,
                  notes: list[str]) -> tuple[int, int] | None:
     """ftrace_size and nr_cpus with nothing after the ftrace zones to show their end:
-    the smallest split that holds the headers found (the file is the same for any)."""
+    the smallest split that holds the headers found (the file is the same for any),
+    ending by `limit`."""
     longest, exact = _ftrace_extent(hits)
     spacing = math.gcd(*(h.offset - base for h in hits))
     if exact:
@@ -505,11 +516,13 @@ def _ftrace_open(hits: Sequence[Hit], base: int, nr_cpus: int | None,
         sizes = [d for d in _divisors_desc(spacing)
                  if d >= max(longest, ZoneFormat.ZONE.header_size + 1)]
     else:
-        sizes = [default_size(longest)]
+        sizes = [max(min(default_size(longest), _align_down(limit - base)), longest)]
     for per_cpu in sizes:
         last = (hits[-1].offset - base) // per_cpu
         for cpus in [nr_cpus] if nr_cpus else range(last + 1, last + 4098):
             ftrace = _align_up(per_cpu * cpus)
+            if base + ftrace > limit:
+                break
             if cpus > last and ftrace // cpus == per_cpu and ftrace // per_cpu == cpus:
                 notes.append(f"nothing after the ftrace zones shows where they end: "
                              f"ftrace_size={ftrace // 1024} nr_cpus={cpus} taken (the "

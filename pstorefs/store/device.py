@@ -58,10 +58,16 @@ def _loop_backing_file(rdev: int) -> str | None:
 
 
 class Device:
-    """An open source: positioned reads, durable writes, exclusive for its lifetime."""
+    """An open source: positioned reads, durable writes, exclusive for its lifetime.
 
-    def __init__(self, path: str, *, read_only: bool = False) -> None:
+    `offset` and `size` select a region of it (a partition inside a whole-disk image, a
+    RAM dump): offsets are then relative to the region, and nothing outside it is read
+    or written."""
+
+    def __init__(self, path: str, *, read_only: bool = False, offset: int = 0,
+                 size: int | None = None) -> None:
         self.path = path
+        self.base = offset
         self._fds: list[int] = []
         try:
             st = os.stat(path)
@@ -89,9 +95,14 @@ class Device:
                     self._fds.append(backing_fd)
                     self._lock(backing_fd, f"{path} (backing file {backing})")
             try:
-                self.size = os.lseek(self.fd, 0, os.SEEK_END)
+                total = os.lseek(self.fd, 0, os.SEEK_END)
             except OSError as exc:
                 raise SourceError(f"{path}: cannot tell its size: {exc.strerror}") from None
+            if offset < 0 or offset > total or (size is not None
+                                                and (size <= 0 or offset + size > total)):
+                raise SourceError(f"{path}: offset={offset} size={size} lies outside its "
+                                  f"{total} bytes")
+            self.size = total - offset if size is None else size
         except BaseException:
             self.close()
             raise
@@ -148,10 +159,16 @@ class Device:
             raise SourceError(f"{what}: cannot be locked ({exc.strerror}); pstorefs needs "
                               "an exclusive flock to be sure nothing else writes it") from None
 
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise DeviceError(f"{self.path}: {length} bytes at {offset:#x} lie outside the "
+                              f"{self.size}-byte source")
+
     def read(self, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset`, or DeviceError."""
+        self._check_range(offset, length)
         try:
-            data = os.pread(self.fd, length, offset)
+            data = os.pread(self.fd, length, self.base + offset)
         except OSError as exc:
             raise DeviceError(f"{self.path}: read of {length} bytes at {offset:#x} failed: "
                               f"{exc.strerror}", _io_errno(exc, read=True)) from None
@@ -164,8 +181,9 @@ class Device:
         """Write `data` at `offset`: not durable until `sync`."""
         if self.read_only:
             raise ReadOnlyError(f"{self.path}: read-only")
+        self._check_range(offset, len(data))
         try:
-            written = os.pwrite(self.fd, data, offset)
+            written = os.pwrite(self.fd, data, self.base + offset)
         except OSError as exc:
             raise DeviceError(f"{self.path}: write at {offset:#x} failed: {exc.strerror}",
                               _io_errno(exc, read=False)) from None

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 
 from pstorefs.errors import DeviceError, ReadOnlyError, ZoneChangedError
-from pstorefs.format.abi import ABIS, Abi
+from pstorefs.format.abi import ABIS, Abi, resolve_abi
 from pstorefs.format.abi_detect import detect_abi
 from pstorefs.format.consts import (
     PSTORE_KMSG_HEADER_MAGIC,
@@ -33,8 +33,11 @@ from pstorefs.format.zone import (
 )
 from pstorefs.store.base import Entry, Record, Store
 from pstorefs.store.cache import BodyCache
+from pstorefs.store.config import StoreConfig
 from pstorefs.store.decompress import decompress
+from pstorefs.store.detect import Detection, detect, uncap
 from pstorefs.store.device import SECTOR_SIZE, Device
+from pstorefs.store.flash import erase_keeping
 from pstorefs.store.geometry import Geometry, Zone
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,30 @@ zone.c fills its buffers with before flushing them whole."""
 
 DEFAULT_CACHE_BUDGET = 16 << 20
 
+DEFAULT_NAME = "blkoops"
+"""File names' back-end part unless `name=` says otherwise (the kernel's is pstore_blk)."""
+
+
+def find_layout(device: Device, config: StoreConfig) -> Detection:
+    """The options' layout if they give one, else the one detected on the source."""
+    if config.layout_given:
+        return uncap(device.read, Detection(config.geometry()), device.size)
+    found = detect(device.read, device.size, nr_cpus=config.nr_cpus,
+                   format=config.zone_format)
+    log.info("%s: layout detected: %s", device.path, found.geometry.mount_options())
+    for note in found.assumed:
+        log.warning("%s: %s", device.path, note)
+    return found
+
+
+def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> ZoneStore:
+    """The pstore/zone back end (pstore/blk, mtdpstore, the blkoops RFC)."""
+    layout = find_layout(device, config)
+    return ZoneStore(device, layout.geometry, name=config.name_or(DEFAULT_NAME),
+                     abi=None if config.abi == "auto" else resolve_abi(config.abi),
+                     symbols=symbols, assumed=layout.assumed,
+                     show_erased=config.show_erased, erasesize=config.erasesize)
+
 
 class ZoneStore(Store):
     """The records of a pstore/zone area.
@@ -63,8 +90,9 @@ class ZoneStore(Store):
     def __init__(self, device: Device, geometry: Geometry, *, name: str,
                  abi: Abi | None = None, symbols: SymbolTable = NO_SYMBOLS,
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = (),
-                 show_erased: bool = False) -> None:
+                 show_erased: bool = False, erasesize: int | None = None) -> None:
         self.device = device
+        self.erasesize = erasesize
         self.geometry = geometry
         self.name = name
         self.symbols = symbols
@@ -385,7 +413,10 @@ class ZoneStore(Store):
                         f"{self.device.path}: {zone.type.file_prefix} zone {zone.index} at "
                         f"{zone.offset:#x} changed since it was listed: nothing written")
             for zone in record.zones:
-                self._erase_zone(zone, ring=record.type is not PstoreType.DMESG)
+                if self.erasesize:  # mtdpstore: the zone's erase block, as mtd_erase
+                    erase_keeping(self.device, zone.offset, zone.size, self.erasesize)
+                else:
+                    self._erase_zone(zone, ring=record.type is not PstoreType.DMESG)
             self.device.sync()
             self._cache.drop(record)
         log.info("%s: erased %s (zone at %#x)", self.device.path,
