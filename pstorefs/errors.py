@@ -53,3 +53,10 @@ class ReadOnlyError(PstoreError):
     """A write was asked of a read-only store."""
 
     errno = errno.EROFS
+
+
+class EraseUnsupportedError(PstoreError):
+    """The back end's writer defines no erase: refused with EPERM, as pstore refuses
+    `rm` for a back end without one (fs/pstore/inode.c `pstore_unlink`)."""
+
+    errno = errno.EPERM

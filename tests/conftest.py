@@ -58,12 +58,14 @@ class Case:
                 for f in self.meta["files"]}
 
 
-def load_cases() -> list[Case]:
+def load_cases(root: Path = FIXTURES) -> list[Case]:
     return [Case(d, json.loads((d / "case.json").read_text()))
-            for d in sorted(FIXTURES.iterdir()) if (d / "case.json").exists()]
+            for d in sorted(root.iterdir()) if (d / "case.json").exists()]
 
 
 CASES = load_cases()
+BACKEND_CASES = load_cases(DATA / "fixtures-backends")
+"""The other back ends' kernel-written cases (ramoops, mtdpstore, mtdoops)."""
 ERASE_CASES = [c for c in CASES if "erase" in c.meta]
 
 

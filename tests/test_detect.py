@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    BACKEND_CASES,
     CASES,
     ERASE_CASES,
     VENV_BIN,
@@ -36,7 +37,7 @@ from hypothesis import strategies as st
 from writer import HEADER, Ring, ZoneWriter, deflate
 
 from pstorefs.cli.ctl import PROBE_FIELDS
-from pstorefs.errors import GeometryError
+from pstorefs.errors import GeometryError, UsageError
 from pstorefs.format.abi import BE64, I386, X86_64, Abi, kmsg_header_struct
 from pstorefs.format.consts import (
     PSTORE_KMSG_HEADER_MAGIC,
@@ -1042,3 +1043,96 @@ def test_probe_refusal_names_the_option(tmp_path: Path) -> None:
     assert result.returncode == 1 and "kmsg_size=" in result.stderr
     assert "Traceback" not in result.stderr
     assert sha(path) == before
+
+
+# == what a review found: each was accepted on a guess, or cost far too much =================
+def test_damaged_zone_between_two_is_refused(tmp_path: Path) -> None:
+    """Zone 1's dmesg magic is gone: its bytes are there, so 128 KiB zones (the spacing
+    of the two good headers) would renumber zone 2 as 1. Refused, naming kmsg_size."""
+    image = bytearray(case_by_id("kmsg-plain-3oops").image.read_bytes())
+    image[64 * KIB + 12] ^= 0xFF
+    assert "kmsg_size=" in refused(save(image, tmp_path))
+
+
+def test_damaged_zone_0_is_refused(tmp_path: Path) -> None:
+    """Zone 0's signature is gone but its bytes are there: taking the 64 KiB before the
+    first header as an unused area would name every record one off."""
+    image = bytearray(case_by_id("kmsg-plain-3oops").image.read_bytes())
+    image[0] ^= 0xFF
+    assert "give the sizes" in refused(save(image, tmp_path))
+
+
+@pytest.mark.parametrize("ptype", [PstoreType.PMSG, PstoreType.CONSOLE, PstoreType.FTRACE])
+def test_signature_noise_stops_the_scan(tmp_path: Path, ptype: PstoreType) -> None:
+    """16 MiB full of ring signatures: the scan stops as soon as they cannot all be the
+    kernel's (a second pmsg or console zone; more ftrace zones than CPUs), reading a
+    fraction of the image, and a refusal is one short line."""
+    noise = (struct.pack("<Iii", PSZ_SIG ^ ptype, 0, 0) + bytes(4)) * (MIB // 16)
+    data = noise * 16
+    reads: list[int] = []
+
+    def read(offset: int, length: int) -> bytes:
+        reads.append(length)
+        return data[offset:offset + length]
+
+    hits = scan(read, len(data))
+    assert sum(reads) <= 2 * MIB and len(hits) <= 4098
+    if ptype is not PstoreType.FTRACE:
+        message = refused(save(data, tmp_path))
+        assert "\n" not in message and len(message) < 400, message
+
+
+def test_blkoops_zones_are_whole_4k(tmp_path: Path) -> None:
+    """The blkoops module rounded dmesg_size to 4 KiB (verify_size): 1536-byte spacing is
+    not one of its layouts, and KiB options could not even say it."""
+    w = BlkoopsWriter(X86_64, 16 * KIB, 1536, pad=0)
+    blkoops_records(w, 3, 100)
+    assert "kmsg_size=" in refused(save(w.image, tmp_path))
+
+
+def test_blkoops_read_with_sizes_given(tmp_path: Path) -> None:
+    """Sizes without format=: the format is still the one zone 0's header shows."""
+    w = BlkoopsWriter(X86_64, 64 * KIB, 4 * KIB)
+    blkoops_records(w, 3, 100)
+    path = save(w.image, tmp_path)
+    with closing(open_store(str(path), StoreConfig(kmsg_size=4, read_only=True))) as store:
+        assert [store.entry(r).name for r in store.records] == [
+            "dmesg-blkoops-0", "dmesg-blkoops-1", "dmesg-blkoops-2"]
+
+
+@pytest.mark.parametrize("image", ["image.bin", "image-after-erase.bin"])
+@pytest.mark.parametrize("case_id", ["mtdpstore-erase64k", "mtdpstore-erase128k"])
+def test_flash_layout_detected(case_id: str, image: str) -> None:
+    """mtdpstore with erasesize= and no size: zeros at a would-be zone start are the
+    tail of a zone written whole, which rules the smaller sizes out; after an rm the
+    erased zone is 0xFF like an unused one, and the kernel's default is taken, said."""
+    case = next(c for c in BACKEND_CASES if c.id == case_id)
+    erasesize = int(case.option("erasesize"))
+    config = StoreConfig(read_only=True, name="pstore_blk", erasesize=erasesize)
+    with closing(open_store(str(case.dir / image), config)) as store:
+        assert store.geometry == Geometry(kmsg_size=64 * KIB)
+        names = sorted(store.entry(r).name for r in store.records)
+        if image == "image.bin":
+            assert names == sorted(case.files)
+            assert not any("kmsg_size" in note for note in store.assumed)
+        else:
+            assert names == sorted(case.meta["erase"]["names_after"])
+
+
+def test_flash_refuses_what_the_default_does_not_settle(tmp_path: Path) -> None:
+    """Headers at 0 and 96 KiB on 128 KiB blocks: 32 or 96 KiB zones fit (the zones in
+    between erased), the default does not: refused."""
+    w = ZoneWriter(X86_64, 256 * KIB, kmsg_size=32 * KIB)
+    records(w, 4, 1000)
+    image = bytearray(w.image)
+    image[32 * KIB:96 * KIB] = b"\xff" * (64 * KIB)
+    image[128 * KIB:] = b"\xff" * (128 * KIB)
+    path = save(image, tmp_path)
+    assert "kmsg_size=" in refused(path, StoreConfig(read_only=True, erasesize=128 * KIB))
+
+
+def test_options_of_another_back_end_are_refused(tmp_path: Path) -> None:
+    path = save(case_by_id("kmsg-plain-3oops").image.read_bytes(), tmp_path)
+    for options in ({"record_size": 4096}, {"ecc": 16}):
+        with pytest.raises(UsageError, match="not an option of the zone back end"):
+            open_store(str(path), StoreConfig(read_only=True, **options))

@@ -144,7 +144,7 @@ def test_blkoops_stops_at_the_first_unwritten_zone(tmp_path: Path) -> None:
 def test_blkoops_erase(tmp_path: Path) -> None:
     """`blkoops_pstore_erase`: datalen 0, the 8-byte header flushed; nothing else."""
     abi = ABIS["le64"]
-    zones, files = rfc_records(abi, 16 * KIB)
+    zones, _ = rfc_records(abi, 16 * KIB)
     path = tmp_path / "rfc.bin"
     before = blkoops_image(abi, 16 * KIB, 16, zones)
     path.write_bytes(before)
@@ -159,8 +159,8 @@ def test_blkoops_erase(tmp_path: Path) -> None:
     with closing(open_store(str(path), StoreConfig(read_only=True, show_erased=True))) as store:
         assert isinstance(store, ZoneStore)
         assert sorted(listing(store)) == ["dmesg-blkoops-0", "dmesg-blkoops-2"]
-        erased = {store.entry(r).name: store.read(r) for r in store.erased}
-        assert erased == {"dmesg-blkoops-1": files["dmesg-blkoops-1"]}
+        # the RFC wrote header + datalen only: where an erased record ended is lost
+        assert list(store.erased) == []
 
 
 # == reasons of every kernel era ==============================================================

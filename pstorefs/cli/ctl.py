@@ -33,7 +33,9 @@ JSON_FIELDS = ("name", "type", "size", "mtime_ns", "reason", "counter", "compres
 PROBE_FIELDS = ("source", "backend", "format", "abi", "little_endian", "kmsg_size",
                 "pmsg_size", "console_size", "ftrace_size", "nr_cpus", "capped", "zones",
                 "records", "kernel_parameters", "mount_options", "assumed")
-"""The stable fields of `probe --json` (docs/pstorectl.md)."""
+"""The stable fields of `probe --json` for pstore/zone (docs/pstorectl.md); the other
+back ends give `source`, `backend`, `format`, `abi`, `zones`, `records`,
+`kernel_parameters`, `mount_options`, `assumed` and their own parameters."""
 
 
 def _parser() -> ArgumentParser:
@@ -88,16 +90,25 @@ def _probe(store: Store, source: str, as_json: bool) -> None:
         sys.stdout.write("\n")
         return
     print(layout["kernel_parameters"])
-    print(f"# {source}: {layout['format']} format, abi {layout['abi']}, "
-          f"{layout['zones']} zones, {layout['records']} records"
-          + ("" if layout["capped"] else ", past the 128 MiB cap"))
+    print(f"# {source}: " + ", ".join(
+        f"{key} {layout[key]}" for key in ("backend", "format", "abi", "zones", "records")
+        if key in layout) + ("" if layout.get("capped", True) else ", past the 128 MiB cap"))
     print(f"# mount: -o {layout['mount_options']}")
     for note in layout["assumed"]:  # type: ignore[attr-defined]
         print(f"# assumed: {note}")
 
 
+ERASED_PREFIX = "erased/"
+"""With `-o show_erased`, erased records are listed and read as `erased/NAME`, as on
+the mount."""
+
+
 def _find(store: Store, name: str) -> Record:
-    record = store.find(name)
+    if name.startswith(ERASED_PREFIX):
+        record = next((r for r in store.erased
+                       if store.entry(r).name == name.removeprefix(ERASED_PREFIX)), None)
+    else:
+        record = store.find(name)
     if record is None:
         raise PstoreError(f"{name}: no such record")
     return record
@@ -105,6 +116,9 @@ def _find(store: Store, name: str) -> Record:
 
 def _list(store: Store, as_json: bool) -> None:
     rows = [_record_json(store, r) for r in store.records]
+    for record in store.erased:
+        rows.append({**_record_json(store, record),
+                     "name": ERASED_PREFIX + store.entry(record).name})
     if as_json:
         json.dump(rows, sys.stdout, indent=1)
         sys.stdout.write("\n")

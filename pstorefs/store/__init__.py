@@ -1,17 +1,18 @@
 """The store layer: opens a source and recovers its records.  Plain synchronous
 Python, no FUSE: the mount and the offline tool are both built on `open_store`.
 
-Each back end is a module with `open_store(device, config, symbols) -> Store`; with
-`backend=auto` the first whose `recognizes(read, size)` is true is used, pstore/zone
+Each back end is a module with `OPTIONS` (the StoreConfig fields it reads),
+`recognizes(read, size) -> bool` and `open_store(device, config, symbols) -> Store`;
+with `backend=auto` the first that recognizes the source is used, pstore/zone
 otherwise."""
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+import dataclasses
 
 from pstorefs.errors import UsageError
 from pstorefs.format.kallsyms import NO_SYMBOLS
+from pstorefs.store import blockconsole, mtdoops, ramoops, zone
 from pstorefs.store.base import Entry, Record, Store
 from pstorefs.store.config import BACKENDS, SIZE_OPTIONS, StoreConfig
 from pstorefs.store.device import Device
@@ -20,34 +21,35 @@ from pstorefs.store.symbols import load_system_map
 __all__ = ["BACKENDS", "SIZE_OPTIONS", "Entry", "Record", "Store", "StoreConfig",
            "open_store"]
 
-_MODULES = {"zone": "pstorefs.store.zone", "ramoops": "pstorefs.store.ramoops",
-            "mtdoops": "pstorefs.store.mtdoops", "blockconsole": "pstorefs.store.blockconsole"}
-"""The back ends, by `backend=` name. TODO(lead): plain imports once all are built."""
+_MODULES = {"zone": zone, "ramoops": ramoops, "mtdoops": mtdoops,
+            "blockconsole": blockconsole}
+assert tuple(_MODULES) == BACKENDS
 
 _RECOGNIZED_FIRST = ("mtdoops", "blockconsole", "ramoops")
-"""Back ends whose `recognizes` is asked, in order, before pstore/zone is assumed."""
+"""Asked in this order whether the source is theirs; pstore/zone is assumed otherwise
+(its detection is the scan of `pstorefs.store.detect`, which refuses what is not)."""
 
-
-def _module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(_MODULES[name])
-    except ModuleNotFoundError:
-        return None
+_EVERY_BACKEND = frozenset({"backend", "offset", "size", "name", "read_only"})
 
 
 def open_store(source: str, config: StoreConfig) -> Store:
     """Open `source` with the back end the options name (or the one recognized), and
-    list its records (headers only)."""
-    if config.backend != "auto" and _module(config.backend) is None:
-        raise UsageError(f"backend={config.backend}: not built yet")
-    symbols = load_system_map(config.system_map) if config.system_map else NO_SYMBOLS
+    list its records (headers only). An option the back end does not read is refused:
+    a size meant for another back end would otherwise be silently dropped."""
     device = Device(source, read_only=config.read_only, offset=config.offset,
                     size=config.size)
     try:
-        module = _module(config.backend) if config.backend != "auto" else next(
-            (m for m in map(_module, _RECOGNIZED_FIRST)
-             if m is not None and m.recognizes(device.read, device.size)), _module("zone"))
-        assert module is not None
+        name = config.backend if config.backend != "auto" else next(
+            (n for n in _RECOGNIZED_FIRST if _MODULES[n].recognizes(device.read, device.size)),
+            "zone")
+        module = _MODULES[name]
+        given = {f.name for f in dataclasses.fields(config)
+                 if getattr(config, f.name) != f.default}
+        unread = sorted(given - _EVERY_BACKEND - module.OPTIONS)
+        if unread:
+            raise UsageError(", ".join(f"{key}=" for key in unread)
+                             + f": not an option of the {name} back end")
+        symbols = load_system_map(config.system_map) if config.system_map else NO_SYMBOLS
         return module.open_store(device, config, symbols)
     except BaseException:
         device.close()

@@ -21,7 +21,8 @@ the raw form of its crypto algorithm:
 A decode counts only if it consumes a whole stream and its output fits `limit` bytes;
 every decoder stops producing output after `limit` (+ 1) bytes, so a decompression
 bomb costs no more memory than a legitimate record (zstd's decoder may also need the
-window buffer that a kernel frame declares, at most 2 MiB).
+window buffer that a kernel frame declares: 2 MiB for a 5.8-5.15 frame without a
+content size, at most the power of two above `limit` otherwise).
 """
 
 from __future__ import annotations
@@ -112,6 +113,18 @@ _DECODERS: dict[str, Callable[[bytes, int], bytes | None]] = {
 }
 
 
+def _decode(name: str, data: bytes, limit: int) -> bytes | None:
+    """One codec's verdict; a limit too large to allocate means it does not decode."""
+    try:
+        return _DECODERS[name](data, limit)
+    except (OverflowError, MemoryError):
+        return None
+
+
+_LIMIT_CAP = (1 << 31) - 1
+"""lz4 and lzo take the output size as a C int; no zone's text comes near it."""
+
+
 def decompress(data: bytes, limit: int, codec: str = "auto") -> tuple[bytes, str] | None:
     """The record's text and the codec that decoded it, or None.
 
@@ -127,15 +140,16 @@ def decompress(data: bytes, limit: int, codec: str = "auto") -> tuple[bytes, str
     data = bytes(data)
     if limit < 0:
         return None
+    limit = min(limit, _LIMIT_CAP)
     if codec != "auto":
         name = _ALIASES.get(codec, codec)
         if name not in _DECODERS:
             raise ValueError(f"unknown compressor {codec!r}: not one of {', '.join(CODECS)}")
-        text = _DECODERS[name](data, limit)
+        text = _decode(name, data, limit)
         return None if text is None else (text, name)
     fallback = None
     for name in CODECS:
-        text = _DECODERS[name](data, limit)
+        text = _decode(name, data, limit)
         if text is None:
             continue
         if _DUMP_HEADER.match(text):

@@ -50,6 +50,15 @@ log = logging.getLogger(__name__)
 Reader = Callable[[int, int], bytes]
 """`read(offset, length)`: the source's bytes (the Device's read)."""
 
+Peek = Callable[[int], bytes]
+"""`peek(offset)`: the first bytes at a would-be zone start (empty past the end)."""
+
+
+def _holds_data(head: bytes) -> bool:
+    """Neither the zeros of a fresh partition or of a written zone's tail, nor erased
+    flash (0xFF)."""
+    return head.strip(b"\0") != b"" and head.strip(b"\xff") != b""
+
 DEFAULT_SIZE = 64 << 10
 """The kernel's default for every area (CONFIG_PSTORE_BLK_*_SIZE, blkoops' dmesg_size)."""
 
@@ -62,6 +71,11 @@ _LOOKAHEAD = 16
 """A zone header and the dmesg magic after it."""
 
 _DMESG_HITS_ENOUGH = 3
+
+_FRONT_HITS_ENOUGH = 2 + 4096
+"""pmsg, console and ftrace headers after which the scan stops: one pmsg, one console
+and one ftrace zone per CPU at most, so more can only be refused, and a partition full
+of signature-like bytes must not cost more than that to refuse."""
 """dmesg headers after which the scan stops: they fix the zone size, and the listing
 that follows reads every zone start anyway."""
 
@@ -152,6 +166,10 @@ def scan(read: Reader, size: int) -> list[Hit]:
                 dmesg += 1
                 if dmesg >= _DMESG_HITS_ENOUGH:
                     return hits
+            elif (dmesg or len(hits) >= _FRONT_HITS_ENOUGH
+                  or (hit.type is not PstoreType.FTRACE
+                      and sum(h.type is hit.type for h in hits) > 1)):
+                return hits  # a ring after dmesg, a second pmsg or console, or too many
         pos = max(pos + length, skip)
     return hits
 
@@ -167,6 +185,12 @@ def _signatures(buf: bytes, start: int, stop: int) -> Iterator[int]:
             return
         yield match.start()
         at = match.start() + 1
+
+
+def offsets(hits: Sequence[Hit]) -> str:
+    """Where the headers are, for a message: the first few, and how many in all."""
+    shown = ", ".join(hex(h.offset) for h in hits[:4])
+    return shown if len(hits) <= 4 else f"{shown}, ... ({len(hits)} in all)"
 
 
 def default_size(extent: int) -> int:
@@ -196,8 +220,17 @@ def _divisors_desc(value: int) -> list[int]:
 
 
 def infer_layout(hits: Sequence[Hit], size: int, *, nr_cpus: int | None = None,
-                 format: ZoneFormat | None = None) -> Detection:
+                 format: ZoneFormat | None = None, peek: Peek = lambda _: b"",
+                 erasesize: int | None = None) -> Detection:
     """The parameters that put a zone start under every header in `hits` (from `scan`).
+
+    `peek(offset)` shows the bytes where a smaller zone size, or a dmesg area starting
+    before the first header, would put a zone start that has no header: data there is a
+    zone whose header is damaged, and then the numbering is not certain.
+
+    With `erasesize` the source is flash (mtdpstore: dmesg zones only, from 0, each at
+    most an erase block), where an erased zone is all 0xFF like one never written, so
+    the kernel's write order proves nothing: `_flash_kmsg_size` decides instead.
 
     Raises GeometryError, naming the options that would settle it, where no layout of
     the kernel's fits the headers, or where the layouts that fit would number the
@@ -212,14 +245,20 @@ def infer_layout(hits: Sequence[Hit], size: int, *, nr_cpus: int | None = None,
     assumed: list[str] = []
     dmesg = [hit for hit in hits if hit.type is PstoreType.DMESG]
     fronts = [hit for hit in hits if hit.type is not PstoreType.DMESG]
-    if fmt is ZoneFormat.BLKOOPS:
+    if erasesize is not None:
+        if fronts or fmt is not ZoneFormat.ZONE:
+            raise GeometryError(f"mtdpstore has dmesg zones only, but a "
+                                f"{(fronts or dmesg)[0].describe()} was found: give the sizes")
+        kmsg = _flash_kmsg_size(dmesg, total, erasesize, peek, assumed)
+        geometry = Geometry(kmsg_size=kmsg)
+    elif fmt is ZoneFormat.BLKOOPS:
         if fronts:
             raise GeometryError(f"the blkoops format has dmesg zones only, but a "
                                 f"{fronts[0].describe()} was found: give the sizes")
         if dmesg[0].offset != 0:
             raise GeometryError(f"the first blkoops dmesg zone found is at "
                                 f"{dmesg[0].offset:#x}, not 0: give kmsg_size=")
-        kmsg = _kmsg_size(dmesg, total, fmt, assumed)
+        kmsg = _kmsg_size(dmesg, total, assumed, peek)
         geometry = Geometry(kmsg_size=kmsg, format=fmt)
     else:
         if dmesg and fronts and fronts[-1].offset > dmesg[0].offset:
@@ -230,7 +269,8 @@ def infer_layout(hits: Sequence[Hit], size: int, *, nr_cpus: int | None = None,
         pmsg, console, ftrace, cpus = _front_areas(fronts, start, total, nr_cpus, assumed)
         room = total - (pmsg + console + ftrace)
         if dmesg:
-            kmsg = _kmsg_size(dmesg, room, fmt, assumed)
+            kmsg = _kmsg_size(dmesg, room, assumed, peek)
+            _check_leading_gap(dmesg[0].offset, kmsg, fronts, peek)
         else:
             kmsg = min(DEFAULT_SIZE, _align_down(max(room, 0)))
             assumed.append(f"no dmesg header found: kmsg_size={kmsg // 1024} taken "
@@ -261,7 +301,7 @@ def _format(hits: Sequence[Hit], given: ZoneFormat | None) -> ZoneFormat:
     return given or (found.pop() if found else ZoneFormat.ZONE)
 
 
-def _kmsg_size(dmesg: Sequence[Hit], room: int, fmt: ZoneFormat, assumed: list[str]) -> int:
+def _kmsg_size(dmesg: Sequence[Hit], room: int, assumed: list[str], peek: Peek) -> int:
     """The dmesg zone size: the spacing of the headers (the written zones are one run
     from zone 0), or with a single header the kernel's default (if `room`, the bytes
     the dmesg zones share, holds it)."""
@@ -276,23 +316,87 @@ def _kmsg_size(dmesg: Sequence[Hit], room: int, fmt: ZoneFormat, assumed: list[s
                        f"{kmsg // 1024} taken (the files and the erase are the same for "
                        "any size that holds it)")
         return kmsg
-    offsets = [hit.offset for hit in dmesg]
-    spacing = math.gcd(*(b - a for a, b in itertools.pairwise(offsets)))
-    indexes = [(o - offsets[0]) // spacing for o in offsets]
-    # blk.c rounds every size to 4 KiB; the blkoops RFC only asked for sectors
-    align = 512 if fmt is ZoneFormat.BLKOOPS else 4096
-    if spacing < longest or spacing % align:
+    starts = [hit.offset for hit in dmesg]
+    spacing = math.gcd(*(b - a for a, b in itertools.pairwise(starts)))
+    indexes = [(o - starts[0]) // spacing for o in starts]
+    # blk.c rounds every size to 4 KiB, and so did the blkoops module (verify_size)
+    if spacing < longest or spacing % 4096:
         raise GeometryError(
-            f"dmesg headers at {', '.join(hex(o) for o in offsets)} are {spacing} bytes "
-            f"apart, but a record there is {longest} bytes long or the zones would not be "
-            f"{align}-byte multiples: headers of another layout are left on the partition; "
-            "give kmsg_size=")
+            f"dmesg headers at {offsets(dmesg)} are {spacing} bytes apart, but a record "
+            f"there is {longest} bytes long or the zones would not be 4 KiB multiples: "
+            "headers of another layout are left on the partition; give kmsg_size=")
     if indexes != list(range(len(indexes))):
         raise GeometryError(
-            f"dmesg headers at {', '.join(hex(o) for o in offsets)} leave unwritten "
-            f"{spacing // 1024} KiB zones between written ones, which the kernel's "
-            "round-robin never does: give kmsg_size=")
+            f"dmesg headers at {offsets(dmesg)} leave unwritten {spacing // 1024} KiB zones "
+            "between written ones, which the kernel's round-robin never does: give "
+            "kmsg_size=")
+    for smaller in (spacing // n for n in range(2, spacing // 4096 + 1)
+                    if spacing % n == 0 and spacing // n % 4096 == 0
+                    and spacing // n >= longest):
+        # an erased zone keeps its old bytes past `datalen`: no evidence there
+        between = [hit.offset + k * smaller for hit in dmesg[:-1] if hit.datalen
+                   for k in range(1, spacing // smaller)]
+        if any(_holds_data(peek(at)) for at in between):
+            raise GeometryError(
+                f"dmesg headers at {offsets(dmesg)} fit {spacing // 1024} KiB zones, or "
+                f"{smaller // 1024} KiB zones with a zone between them whose header is "
+                "damaged (bytes where it would start): give kmsg_size=")
     return spacing
+
+
+def _flash_kmsg_size(dmesg: Sequence[Hit], room: int, erasesize: int, peek: Peek,
+                     assumed: list[str]) -> int:
+    """mtdpstore's zone size: a 4 KiB multiple no larger than the erase block
+    (mtdpstore_notify_add refuses larger) that puts a zone start under every header.
+
+    A zone start without a header is erased or never written, so it holds 0xFF; zeros
+    there are the tail of a zone mtdpstore wrote whole, which rules that size out.
+    Where several sizes remain they name the records differently (an erased zone looks
+    unwritten on flash), and the kernel's default of 64 KiB is taken if it is one of
+    them, and said; the erase is safe either way, as it writes only the removed
+    record's zone, whose other bytes no header claims."""
+    longest = max(hit.end - hit.offset for hit in dmesg)
+    last = dmesg[-1].offset
+    headers = {hit.offset for hit in dmesg}
+
+    def fits(kmsg: int) -> bool:
+        return (kmsg >= longest and all(o % kmsg == 0 for o in headers)
+                and not any(peek(z).strip(b"\0") == b"" for z in range(0, last + 1, kmsg)
+                            if z not in headers))
+
+    sizes = [k for k in range(4096, min(erasesize, _align_down(room)) + 1, 4096) if fits(k)]
+    if not sizes:
+        raise GeometryError(f"dmesg headers at {offsets(dmesg)} fit no mtdpstore zone size "
+                            f"of at most the {erasesize}-byte erase block: give kmsg_size=")
+    names = {tuple(o // k for o in sorted(headers)) for k in sizes}
+    if len(names) == 1:
+        kmsg = DEFAULT_SIZE if DEFAULT_SIZE in sizes else sizes[-1]
+        if len(sizes) > 1:
+            assumed.append(f"the dmesg headers do not show the zone size: kmsg_size="
+                           f"{kmsg // 1024} taken (the files are the same for any that fits)")
+        return kmsg
+    if DEFAULT_SIZE not in sizes:
+        raise GeometryError(f"dmesg headers at {offsets(dmesg)} fit mtdpstore zones of "
+                            + " or ".join(f"{k // 1024}" for k in sizes)
+                            + " KiB, which number the records differently (an erased zone "
+                            "looks unwritten on flash): give kmsg_size=")
+    assumed.append("the dmesg headers fit zones of " + " or ".join(
+        f"{k // 1024}" for k in sizes) + " KiB (an erased zone looks unwritten on flash): "
+        "the kernel's default kmsg_size=64 taken; if the writer used another, give it, as "
+        "the records' numbers depend on it")
+    return DEFAULT_SIZE
+
+
+def _check_leading_gap(start: int, kmsg: int, fronts: Sequence[Hit], peek: Peek) -> None:
+    """The first dmesg header is taken as zone 0; a whole zone before it holding bytes
+    (a zone 0 whose header is damaged) would make every name one off."""
+    front_end = max((h.end for h in fronts), default=0)
+    for zone in range(start - kmsg, front_end - 1, -kmsg):
+        if _holds_data(peek(zone)):
+            raise GeometryError(f"bytes at {zone:#x}, a dmesg zone's size before the first "
+                                f"dmesg header ({start:#x}), may be a zone whose header is "
+                                "damaged, which would change every record's number: give "
+                                "the sizes")
 
 
 _MAX_BASES = 64
@@ -560,10 +664,23 @@ def records_beyond_cap(read: Reader, geometry: Geometry, size: int) -> bool:
 
 
 def detect(read: Reader, size: int, *, nr_cpus: int | None = None,
-           format: ZoneFormat | None = None) -> Detection:
+           format: ZoneFormat | None = None, erasesize: int | None = None) -> Detection:
     """The layout of a source given no size option: scan, infer, and the 128 MiB cap."""
-    found = infer_layout(scan(read, min(size, SZ_128M)), size, nr_cpus=nr_cpus, format=format)
+    def peek(offset: int) -> bytes:
+        return read(offset, min(_LOOKAHEAD, size - offset)) if 0 <= offset < size else b""
+
+    found = infer_layout(scan(read, min(size, SZ_128M)), size, nr_cpus=nr_cpus, format=format,
+                         peek=peek, erasesize=erasesize)
     return uncap(read, found, size)
+
+
+def zone_format_at_start(read: Reader, size: int) -> ZoneFormat | None:
+    """The format of a dmesg header at offset 0, if there is one: what options that give
+    the sizes but no `format=` still leave to the bytes."""
+    hit = _parse_hit(read(0, _LOOKAHEAD), 0, 0, size) if size >= _LOOKAHEAD else None
+    if hit is None or hit.type is not PstoreType.DMESG:
+        return None
+    return ZoneFormat.BLKOOPS if hit.header_size == ZoneFormat.BLKOOPS.header_size else None
 
 
 def uncap(read: Reader, found: Detection, size: int) -> Detection:

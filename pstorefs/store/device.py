@@ -1,4 +1,5 @@
-"""The source: a block device or an image file, opened once and held exclusively.
+"""The source: a block device, an MTD character device (/dev/mtdN) or an image file,
+opened once and held exclusively.
 
 All I/O of pstorefs goes through `Device`, so this is where exclusivity, read-only
 detection and durability are decided:
@@ -10,7 +11,8 @@ detection and durability are decided:
   another exclusive holder has it;
 * a source that refuses writing (write-protected card, `blockdev --setro`, a read-only
   file) is used read-only;
-* every write is followed by fdatasync before it is reported done.
+* every write is followed by fdatasync before it is reported done (on MTD, which has
+  no fsync, by `mtd_sync`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 BLKROGET = 0x125E
 SECTOR_SIZE = 512
 LOOP_MAJOR = 7
+MTD_CHAR_MAJOR = 90
+"""/dev/mtdN (even minors; the odd ones, /dev/mtdNro, refuse writing)."""
 
 _GONE = frozenset({errno.ENXIO, errno.ENODEV, errno.ENOMEDIUM, errno.ENOTCONN,
                    errno.ESHUTDOWN, errno.ECONNABORTED, errno.ESTALE, errno.EBADF})
@@ -78,8 +82,9 @@ class Device:
         if stat.S_ISDIR(st.st_mode):
             raise SourceError(f"{path}: is a directory, not a block device or image")
         self.is_block_device = stat.S_ISBLK(st.st_mode)
-        if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
-            raise SourceError(f"{path}: not a block device or image file")
+        self.is_mtd = stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == MTD_CHAR_MAJOR
+        if not (self.is_block_device or self.is_mtd or stat.S_ISREG(st.st_mode)):
+            raise SourceError(f"{path}: not a block device, MTD device or image file")
         self.read_only = read_only
         self.fd = self._open(path)
         try:
@@ -192,11 +197,24 @@ class Device:
 
     def sync(self) -> None:
         """Have every write so far on the device (fdatasync)."""
+        if self.is_mtd:
+            self._mtd_sync()
+            return
         try:
             os.fdatasync(self.fd)
         except OSError as exc:
             raise DeviceError(f"{self.path}: fdatasync failed: {exc.strerror}",
                               _io_errno(exc, read=False)) from None
+
+    def _mtd_sync(self) -> None:
+        """mtdchar has no fsync: its writes and erases reach the driver before they
+        return, and closing a writable descriptor calls `mtd_sync` (`mtdchar_close`),
+        which is what flushes a driver that caches (block2mtd's page cache)."""
+        try:
+            os.close(os.open(f"/proc/self/fd/{self.fd}", os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            raise DeviceError(f"{self.path}: mtd_sync (open and close) failed: "
+                              f"{exc.strerror}", _io_errno(exc, read=False)) from None
 
     def close(self) -> None:
         for fd in self._fds:

@@ -3,6 +3,7 @@ them when asked, erase them as zone.c does."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import threading
@@ -35,9 +36,9 @@ from pstorefs.store.base import Entry, Record, Store
 from pstorefs.store.cache import BodyCache
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.decompress import decompress
-from pstorefs.store.detect import Detection, detect, uncap
+from pstorefs.store.detect import Detection, detect, uncap, zone_format_at_start
 from pstorefs.store.device import SECTOR_SIZE, Device
-from pstorefs.store.flash import erase_keeping
+from pstorefs.store.flash import erase_block_size, erase_keeping
 from pstorefs.store.geometry import Geometry, Zone
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,26 @@ zone.c fills its buffers with before flushing them whole."""
 
 DEFAULT_CACHE_BUDGET = 16 << 20
 
+OPTIONS = frozenset({"kmsg_size", "pmsg_size", "console_size", "ftrace_size", "nr_cpus",
+                     "abi", "format", "erasesize", "system_map", "show_erased"})
+"""The options this back end reads (besides backend=, offset=, size=, name=, ro)."""
+
 DEFAULT_NAME = "blkoops"
 """File names' back-end part unless `name=` says otherwise (the kernel's is pstore_blk)."""
 
 
-def find_layout(device: Device, config: StoreConfig) -> Detection:
-    """The options' layout if they give one, else the one detected on the source."""
+def find_layout(device: Device, config: StoreConfig, *,
+                erasesize: int | None = None) -> Detection:
+    """The options' layout if they give one, else the one detected on the source. Given
+    sizes but no `format=`, the format is still the one zone 0's header shows."""
     if config.layout_given:
-        return uncap(device.read, Detection(config.geometry()), device.size)
+        geometry = config.geometry()
+        if config.zone_format is None:
+            found = zone_format_at_start(device.read, device.size)
+            geometry = dataclasses.replace(geometry, format=found or ZoneFormat.ZONE)
+        return uncap(device.read, Detection(geometry), device.size)
     found = detect(device.read, device.size, nr_cpus=config.nr_cpus,
-                   format=config.zone_format)
+                   format=config.zone_format, erasesize=erasesize)
     log.info("%s: layout detected: %s", device.path, found.geometry.mount_options())
     for note in found.assumed:
         log.warning("%s: %s", device.path, note)
@@ -72,11 +83,12 @@ def find_layout(device: Device, config: StoreConfig) -> Detection:
 
 def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> ZoneStore:
     """The pstore/zone back end (pstore/blk, mtdpstore, the blkoops RFC)."""
-    layout = find_layout(device, config)
+    erasesize = erase_block_size(device, config.erasesize)
+    layout = find_layout(device, config, erasesize=erasesize)
     return ZoneStore(device, layout.geometry, name=config.name_or(DEFAULT_NAME),
                      abi=None if config.abi == "auto" else resolve_abi(config.abi),
                      symbols=symbols, assumed=layout.assumed,
-                     show_erased=config.show_erased, erasesize=config.erasesize)
+                     show_erased=config.show_erased, erasesize=erasesize)
 
 
 class ZoneStore(Store):
@@ -227,7 +239,13 @@ class ZoneStore(Store):
     def _recover_erased(self, probes: dict[Zone, bytes]) -> list[Record]:
         """Zones `rm` erased (`datalen` 0, the signature kept) whose bytes remain: a
         dmesg zone with its dmesg header intact, a ring zone with data after the header.
-        Each CPU's ftrace zone is its own record here, as their order is lost."""
+        Each CPU's ftrace zone is its own record here, as their order is lost.
+
+        Not for the blkoops format: its writes stop at `datalen`, so an older, longer
+        record's tail follows each record and where it ended is lost. Not on flash
+        either, where mtdpstore's erase clears the zone."""
+        if self.geometry.format is ZoneFormat.BLKOOPS or self.erasesize:
+            return []
         erased: list[Record] = []
         for zone, raw in probes.items():
             header = self._header(zone, raw)
@@ -240,7 +258,7 @@ class ZoneStore(Store):
                                          time_ns=kmsg.time_ns, compressed=kmsg.compressed,
                                          reason=kmsg.reason, counter=kmsg.counter,
                                          snapshot=(raw,), erased=True))
-            elif zone.type in _RING_TYPES:
+            elif zone.type in _RING_TYPES and self._erased_ring(zone):
                 erased.append(Record(zone.type, zone.index, (zone,), snapshot=(raw,),
                                      erased=True))
         return erased

@@ -1,0 +1,236 @@
+"""mtdoops (drivers/mtd/mtdoops.c): one file per page holding a record, erased as flash
+is erased.
+
+The kernel has no reader for mtdoops; the files follow pstore's names:
+`dmesg-<name>-<page index>` (name `mtdoops` unless `name=` says otherwise), the page's
+text as content, the v2 header's timestamp as mtime. Records are listed in the order
+they were written (by `seq`, with `find_next_position`'s wrap rule).
+
+`rm` erases the page's erase block, as mtdoops erases before it reuses a page, and
+writes back the other pages of that block (pstorefs.store.flash), so the only page that
+changes is the one removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from pstorefs.errors import DeviceError, GeometryError, ReadOnlyError, UsageError, ZoneChangedError
+from pstorefs.format.consts import PstoreType
+from pstorefs.format.kallsyms import SymbolTable
+from pstorefs.format.mtdoops import (
+    HEADER_PROBE,
+    PageHeader,
+    age,
+    magic_at,
+    newest_seq,
+    page_text,
+    parse_page_header,
+)
+from pstorefs.store.base import Entry, Record, Store
+from pstorefs.store.cache import BodyCache
+from pstorefs.store.config import StoreConfig
+from pstorefs.store.device import Device
+from pstorefs.store.flash import ERASED, erase_block_size, erase_keeping
+from pstorefs.store.geometry import Zone
+
+log = logging.getLogger(__name__)
+
+OPTIONS = frozenset({"record_size", "erasesize"})
+"""The options this back end reads (besides backend=, offset=, size=, name=, ro)."""
+
+DEFAULT_NAME = "mtdoops"
+DEFAULT_RECORD_SIZE = 4096
+"""mtdoops' `record_size` default; the kernel takes only multiples of 4096."""
+
+DEFAULT_CACHE_BUDGET = 16 << 20
+
+RECOGNIZE_SPAN = 1 << 20
+"""How far `recognizes` looks for a page. mtdoops erases the block after the last
+written page ahead of time, so page 0 may be blank: any two consecutive erase blocks
+(up to 512 KiB each here) hold a page if the device holds any."""
+
+_PAGE_ALIGN = 4096
+"""Every page starts at a multiple of 4096 (`record_size` is one)."""
+
+
+def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
+    """Whether a page of the source's first MiB looks as `mtdoops_write` leaves one:
+    an mtdoops header (either byte order) and, after the text, only the NUL and the
+    0xFF fill."""
+    for offset in range(0, min(size, RECOGNIZE_SPAN) - HEADER_PROBE + 1, _PAGE_ALIGN):
+        try:
+            head = read(offset, HEADER_PROBE)
+            headers = [h for h in (parse_page_header(head, offset, little)
+                                   for little in (True, False)) if h is not None]
+            if headers and _filled_after_text(read(offset, min(_PAGE_ALIGN, size - offset)),
+                                              headers[0]):
+                return True
+        except DeviceError:
+            continue
+    return False
+
+
+def _filled_after_text(page: bytes, header: PageHeader) -> bool:
+    """Whether what follows the text in `page` (a page's first 4096 bytes) is the NUL
+    and 0xFF fill of a written page."""
+    body = page[header.size:]
+    rest = body[len(page_text(body)):].removeprefix(b"\0")
+    return rest.count(ERASED) == len(rest)
+
+
+def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> MtdoopsStore:
+    """The mtdoops back end (`symbols` unused: mtdoops holds text only)."""
+    record_size = DEFAULT_RECORD_SIZE if config.record_size is None else config.record_size
+    if record_size < 4096 or record_size % 4096:
+        raise UsageError(f"record_size={record_size}: mtdoops takes only multiples of 4096 "
+                         "bytes")
+    erasesize = erase_block_size(device, config.erasesize)
+    if erasesize is not None and erasesize % record_size:
+        raise GeometryError(f"erasesize={erasesize} is not a multiple of record_size="
+                            f"{record_size}: mtdoops erases whole pages of a block")
+    if erasesize is None and not device.read_only:
+        raise GeometryError(f"{device.path}: rm on mtdoops erases whole erase blocks: give "
+                            "erasesize=BYTES (the flash's erase block size), or ro to only read")
+    return MtdoopsStore(device, record_size=record_size, erasesize=erasesize,
+                        name=config.name_or(DEFAULT_NAME))
+
+
+class MtdoopsStore(Store):
+    """The records of an mtdoops partition.
+
+    Opening reads the 16 header bytes of each page; a page's text is read the first
+    time its size or content is asked for, and kept in a fixed-budget cache."""
+
+    def __init__(self, device: Device, *, record_size: int, erasesize: int | None,
+                 name: str, cache_budget: int = DEFAULT_CACHE_BUDGET) -> None:
+        self.device = device
+        self.record_size = record_size
+        self.erasesize = erasesize
+        self.name = name
+        self.pages = device.size // record_size
+        self._lock = threading.Lock()
+        self._cache = BodyCache(cache_budget)
+        probes = self._read_headers()
+        self.little_endian = (sum(magic_at(raw, True) for raw in probes.values())
+                              >= sum(magic_at(raw, False) for raw in probes.values()))
+        self._headers: dict[Record, PageHeader] = {}
+        self._records = self._recover(probes)
+
+    @property
+    def read_only(self) -> bool:  # type: ignore[override]
+        return self.device.read_only
+
+    @property
+    def records(self) -> Sequence[Record]:
+        return self._records
+
+    def layout(self) -> dict[str, object]:
+        return {
+            "backend": "mtdoops",
+            "format": "mtdoops",
+            "abi": "le" if self.little_endian else "be",
+            "little_endian": self.little_endian,
+            "record_size": self.record_size,
+            "erasesize": self.erasesize,
+            "zones": self.pages,
+            "records": len(self._records),
+            "kernel_parameters": f"mtdoops.record_size={self.record_size}",
+            "mount_options": self._mount_options(),
+            "assumed": [],
+        }
+
+    def _mount_options(self) -> str:
+        options = f"backend=mtdoops,record_size={self.record_size}"
+        return options + (f",erasesize={self.erasesize}" if self.erasesize else "")
+
+    def describe(self) -> str:
+        return (f"{self.device.path}: mtdoops, {self._mount_options()}: {self.pages} pages, "
+                f"{len(self._records)} records")
+
+    def close(self) -> None:
+        self.device.close()
+
+    # -- listing ----------------------------------------------------------------
+    def _read_headers(self) -> dict[int, bytes]:
+        """Each page's first bytes; a page that cannot be read is skipped, as
+        `find_next_position` skips it."""
+        probes: dict[int, bytes] = {}
+        for page in range(self.pages):
+            try:
+                probes[page] = self.device.read(page * self.record_size, HEADER_PROBE)
+            except DeviceError as exc:
+                log.error("mtdoops page %d at %#x: %s: skipped", page,
+                          page * self.record_size, exc)
+        return probes
+
+    def _recover(self, probes: dict[int, bytes]) -> list[Record]:
+        """A record per page with a header, oldest first."""
+        found: list[tuple[int, PageHeader, bytes]] = []
+        for page, raw in probes.items():
+            header = parse_page_header(raw, page * self.record_size, self.little_endian)
+            if header is not None:
+                found.append((page, header, raw[:header.size]))
+        newest = newest_seq([header.seq for _, header, _ in found])
+        if newest is None:
+            return []
+        found.sort(key=lambda item: (-age(item[1].seq, newest), item[0]))
+        records = []
+        for page, header, snapshot in found:
+            zone = Zone(PstoreType.DMESG, page, page * self.record_size, self.record_size,
+                        header_size=header.size)
+            record = Record(PstoreType.DMESG, page, (zone,), time_ns=header.time_ns,
+                            snapshot=(snapshot,))
+            self._headers[record] = header
+            records.append(record)
+        return records
+
+    # -- files --------------------------------------------------------------------
+    def _name(self, record: Record) -> str:
+        return f"{record.type.file_prefix}-{self.name}-{record.id}"
+
+    def entry(self, record: Record) -> Entry:
+        return Entry(self._name(record), len(self._body(record)), record.time_ns)
+
+    def find(self, name: str) -> Record | None:
+        return next((r for r in self._records if self._name(r) == name), None)
+
+    def read(self, record: Record) -> bytes:
+        return self._body(record)
+
+    def attributes(self, record: Record) -> dict[str, str]:
+        zone, = record.zones
+        attrs = {"seq": str(self._headers[record].seq), "zone_offset": str(zone.offset),
+                 "zone_size": str(zone.size)}
+        if record.time_ns is not None:
+            attrs["time_ns"] = str(record.time_ns)
+        return attrs
+
+    def _body(self, record: Record) -> bytes:
+        body = self._cache.get(record)
+        if body is None:
+            zone, = record.zones
+            body = page_text(self.device.read(zone.offset + zone.header_size,
+                                              zone.buffer_size))
+            self._cache.put(record, body)
+        return body
+
+    # -- erase ----------------------------------------------------------------------
+    def erase(self, record: Record) -> None:
+        """Erase the page's erase block and write back its other pages, after checking
+        the page still holds the header listed. Durable before it returns."""
+        zone, = record.zones
+        with self._lock:
+            if self.device.read_only or self.erasesize is None:
+                raise ReadOnlyError(f"{self.device.path}: mounted read-only")
+            snapshot, = record.snapshot
+            if self.device.read(zone.offset, len(snapshot)) != snapshot:
+                raise ZoneChangedError(f"{self.device.path}: mtdoops page {zone.index} at "
+                                       f"{zone.offset:#x} changed since it was listed: "
+                                       "nothing written")
+            erase_keeping(self.device, zone.offset, zone.size, self.erasesize)
+            self._cache.drop(record)
+        log.info("%s: erased %s (page at %#x)", self.device.path, self._name(record),
+                 zone.offset)
