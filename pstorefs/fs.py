@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from pstorefs.errors import PstoreError
-from pstorefs.store import Record, Store
+from pstorefs.store import Entry, Record, Store
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,13 @@ ERASED_DIR = "erased"
 
 XATTR_PREFIX = "user.pstore."
 """The store's record attributes appear as `user.pstore.<key>` (`getfattr -d`)."""
+
+DIRECTORY_PATIENCE = 2.0
+"""How long a lookup or a listing waits for one record's name and size. The kernel
+holds the directory's lock across both, so a record whose sectors stall the device
+would stall every name: past this, the lookup answers with the size still unknown
+(0, valid for no time, so that stat() and reads ask `getattr`), and the listing leaves
+the record out, while the read goes on in its thread and is kept."""
 
 TIMEOUT = 300.0
 """Records never change behind our back (the source is held exclusively) and every
@@ -91,10 +98,12 @@ class Operations(pyfuse3.Operations):
         self._erase_lock = trio.Lock()
 
     # -- helpers ------------------------------------------------------------------
-    async def _call(self, func: Callable[..., T], *args: object) -> T:
+    async def _call(self, func: Callable[..., T], *args: object,
+                    abandon_on_cancel: bool = False) -> T:
         """Run a blocking store call in a worker thread; its errors become errnos."""
         try:
-            return await trio.to_thread.run_sync(func, *args)
+            return await trio.to_thread.run_sync(func, *args,
+                                                 abandon_on_cancel=abandon_on_cancel)
         except PstoreError as exc:
             log.error("%s", exc)
             raise pyfuse3.FUSEError(exc.errno) from None
@@ -132,17 +141,35 @@ class Operations(pyfuse3.Operations):
         attrs.entry_timeout = attrs.attr_timeout = TIMEOUT
         return attrs
 
-    async def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
-        if inode in (pyfuse3.ROOT_INODE, self._erased_dir):
-            return self._dir_attrs(inode)
-        entry = await self._call(self.store.entry, self._records[self._index(inode)])
+    def _file_attrs(self, inode: int, entry: Entry | None) -> pyfuse3.EntryAttributes:
+        """A file's attributes; `entry` None means its size is not known yet (see
+        DIRECTORY_PATIENCE)."""
         attrs = self._base_attrs(inode, stat.S_IFREG | self.ownership.file_mode)
+        if entry is None:
+            attrs.st_size = 0
+            attrs.attr_timeout = 0
+            return attrs
         attrs.st_size = entry.size
         attrs.st_blksize = 4096
         attrs.st_blocks = (entry.size + 511) // 512
         if entry.time_ns is not None:
             attrs.st_mtime_ns = attrs.st_ctime_ns = entry.time_ns
         return attrs
+
+    async def _entry(self, inode: int) -> Entry:
+        return await self._call(self.store.entry, self._records[self._index(inode)])
+
+    async def _entry_within(self, inode: int) -> Entry | None:
+        """The entry, or None if the device does not give it within the patience."""
+        record = self._records[self._index(inode)]
+        known = self.store.cached_entry(record)
+        if known is not None:
+            return known
+        with trio.move_on_after(DIRECTORY_PATIENCE):
+            return await self._call(self.store.entry, record, abandon_on_cancel=True)
+        log.warning("%s: record %d: the device has not answered in %g s; its size is "
+                    "given later", self.store.describe(), inode, DIRECTORY_PATIENCE)
+        return None
 
     def _remember(self, inode: int) -> None:
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
@@ -167,6 +194,17 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return pyfuse3.ROOT_INODE + 1 + index
 
+    async def _lookup_attrs(self, inode: int, name: str) -> pyfuse3.EntryAttributes:
+        """The attributes a lookup answers: no waiting on a stalled device (the name
+        was found from the headers), and ENOENT once decoding shows the record's name
+        is another (a compressed record that is `.enc.z`)."""
+        if inode in (pyfuse3.ROOT_INODE, self._erased_dir):
+            return self._dir_attrs(inode)
+        entry = await self._entry_within(inode)
+        if entry is not None and entry.name != name:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._file_attrs(inode, entry)
+
     def _check_dir(self, inode: int) -> None:
         if inode not in (pyfuse3.ROOT_INODE, self._erased_dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -184,12 +222,14 @@ class Operations(pyfuse3.Operations):
             inode = pyfuse3.ROOT_INODE
         else:
             inode = await self._find(parent_inode, name)
-        attrs = await self._attrs(inode)
+        attrs = await self._lookup_attrs(inode, os.fsdecode(name))
         self._remember(inode)
         return attrs
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._attrs(inode)
+        if inode in (pyfuse3.ROOT_INODE, self._erased_dir):
+            return self._dir_attrs(inode)
+        return self._file_attrs(inode, await self._entry(inode))
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         self._check_dir(inode)
@@ -202,10 +242,12 @@ class Operations(pyfuse3.Operations):
             if inode <= start_id or self._parent(index) != fh:
                 continue
             try:
-                attrs = await self._attrs(inode)
+                entry = await self._entry_within(inode)
             except pyfuse3.FUSEError:
                 continue  # unreadable record: logged, left out of this listing
-            entry = self.store.entry(self._records[index])
+            if entry is None:
+                continue  # stalled: left out of this listing, its read goes on
+            attrs = self._file_attrs(inode, entry)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, inode):
                 return
             self._remember(inode)

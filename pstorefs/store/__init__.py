@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pstorefs.errors import UsageError
+from pstorefs.errors import PstoreError, UsageError
 from pstorefs.format.kallsyms import NO_SYMBOLS
 from pstorefs.store import blockconsole, mtdoops, ramoops, zone
 from pstorefs.store.base import Entry, Record, Store
@@ -32,6 +32,15 @@ _RECOGNIZED_FIRST = ("mtdoops", "blockconsole", "ramoops")
 _EVERY_BACKEND = frozenset({"backend", "offset", "size", "name", "read_only"})
 
 
+def _recognizes(name: str, device: Device) -> bool:
+    """Whether back end `name` takes the source; one it cannot read (a bad sector where
+    its header would be) is not its, and pstore/zone copes with such zones alone."""
+    try:
+        return bool(_MODULES[name].recognizes(device.read, device.size))
+    except PstoreError:
+        return False
+
+
 def open_store(source: str, config: StoreConfig) -> Store:
     """Open `source` with the back end the options name (or the one recognized), and
     list its records (headers only). An option the back end does not read is refused:
@@ -40,8 +49,7 @@ def open_store(source: str, config: StoreConfig) -> Store:
                     size=config.size)
     try:
         name = config.backend if config.backend != "auto" else next(
-            (n for n in _RECOGNIZED_FIRST if _MODULES[n].recognizes(device.read, device.size)),
-            "zone")
+            (n for n in _RECOGNIZED_FIRST if _recognizes(n, device)), "zone")
         module = _MODULES[name]
         given = {f.name for f in dataclasses.fields(config)
                  if getattr(config, f.name) != f.default}

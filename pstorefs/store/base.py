@@ -54,6 +54,10 @@ class Store(ABC):
     def entry(self, record: Record) -> Entry:
         """The file for `record`; may decode it (the name and size depend on that)."""
 
+    def cached_entry(self, record: Record) -> Entry | None:
+        """The file for `record` if it is known without reading the device."""
+        return None
+
     @abstractmethod
     def read(self, record: Record) -> bytes:
         """The file's content: what `cat` shows."""

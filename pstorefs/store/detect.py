@@ -36,7 +36,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from pstorefs.errors import GeometryError
+from pstorefs.errors import GeometryError, PstoreError
 from pstorefs.format.consts import (
     PSTORE_KMSG_HEADER_MAGIC,
     PSZ_SIG,
@@ -153,7 +153,12 @@ def scan(read: Reader, size: int) -> list[Hit]:
     dmesg = 0
     while pos < size:
         length = min(_SCAN_CHUNK, size - pos)
-        buf = read(pos, min(length + _LOOKAHEAD, size - pos))
+        try:
+            buf = read(pos, min(length + _LOOKAHEAD, size - pos))
+        except PstoreError as exc:  # a bad sector: what it hides is not found, and said
+            log.warning("%s: skipped by the layout search", exc)
+            pos += length
+            continue
         for at in _signatures(buf, max(skip - pos, 0), length):
             if pos + at < skip:
                 continue
@@ -659,7 +664,10 @@ def records_beyond_cap(read: Reader, geometry: Geometry, size: int) -> bool:
     first = (capped[-1].offset + capped[-1].size) if capped else SZ_128M
     if first + geometry.kmsg_size > size:
         return False
-    hit = _parse_hit(read(first, _LOOKAHEAD), 0, first, size)
+    try:
+        hit = _parse_hit(read(first, _LOOKAHEAD), 0, first, size)
+    except PstoreError:
+        return False
     return hit is not None and hit.type is PstoreType.DMESG
 
 
@@ -667,7 +675,10 @@ def detect(read: Reader, size: int, *, nr_cpus: int | None = None,
            format: ZoneFormat | None = None, erasesize: int | None = None) -> Detection:
     """The layout of a source given no size option: scan, infer, and the 128 MiB cap."""
     def peek(offset: int) -> bytes:
-        return read(offset, min(_LOOKAHEAD, size - offset)) if 0 <= offset < size else b""
+        try:
+            return read(offset, min(_LOOKAHEAD, size - offset)) if 0 <= offset < size else b""
+        except PstoreError:
+            return b"?"  # unreadable is not evidence of fill: never rules a size out
 
     found = infer_layout(scan(read, min(size, SZ_128M)), size, nr_cpus=nr_cpus, format=format,
                          peek=peek, erasesize=erasesize)
@@ -677,7 +688,10 @@ def detect(read: Reader, size: int, *, nr_cpus: int | None = None,
 def zone_format_at_start(read: Reader, size: int) -> ZoneFormat | None:
     """The format of a dmesg header at offset 0, if there is one: what options that give
     the sizes but no `format=` still leave to the bytes."""
-    hit = _parse_hit(read(0, _LOOKAHEAD), 0, 0, size) if size >= _LOOKAHEAD else None
+    try:
+        hit = _parse_hit(read(0, _LOOKAHEAD), 0, 0, size) if size >= _LOOKAHEAD else None
+    except PstoreError:
+        return None  # unreadable: the listing skips that zone and says so
     if hit is None or hit.type is not PstoreType.DMESG:
         return None
     return ZoneFormat.BLKOOPS if hit.header_size == ZoneFormat.BLKOOPS.header_size else None
