@@ -1,0 +1,157 @@
+"""Where the time goes: the store without FUSE, or the daemon under cProfile.
+
+    bench/hotspots.py store IMAGE [-o OPTS] [--top N] [--phase PHASE]
+        open_store, then entry() (decodes) / read() / find() / attributes() of every
+        record, each phase timed; with --top, the phase's cProfile hot spots.
+    bench/hotspots.py daemon IMAGE [-o OPTS] [--top N] [--workload ls|ls2|cat|rm]
+        `pstorefs -f` under cProfile (its main thread: the event loop and FUSE
+        dispatch; decoding runs in worker threads, timed by the store phases), driven
+        by the workload, then unmounted; prints the hot spots. rm works on a copy.
+
+Run it with the venv's python; PYTHONPATH=DIR profiles another checkout's pstorefs.
+Nothing is written to IMAGE; temporary files are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import io
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import measure
+
+
+def _stats(prof: cProfile.Profile | str, top: int) -> str:
+    out = io.StringIO()
+    st = pstats.Stats(prof, stream=out)
+    st.sort_stats("cumulative").print_stats(top)
+    st.sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def store(args: argparse.Namespace) -> None:
+    from pstorefs.cli.options import parse_options
+    from pstorefs.store import open_store
+
+    config = dataclasses.replace(parse_options(args.options).store, read_only=True)
+    phases = {}
+
+    def phase(name, func):
+        prof = cProfile.Profile() if args.top and args.phase in (None, name) else None
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        result = func()
+        if prof:
+            prof.disable()
+        phases[name] = time.perf_counter() - t0
+        if prof:
+            print(f"== {name}\n{_stats(prof, args.top)}")
+        return result
+
+    s = phase("open_store", lambda: open_store(args.image, config))
+    records = list(s.records)
+    names = phase("entry (decode) all", lambda: [s.entry(r).name for r in records])
+    phase("entry again (known)", lambda: [s.entry(r) for r in records])
+    def each(func, items):
+        for item in items:
+            func(item)  # nothing kept: memory as the daemon's
+
+    phase("read all", lambda: each(s.read, records))
+    phase("find every name", lambda: each(s.find, names))
+    phase("attributes all", lambda: each(s.attributes, records))
+    s.close()
+    n = len(records)
+    for name, seconds in phases.items():
+        print(f"{name:<24} {seconds:8.3f} s  {seconds / max(n, 1) * 1e6:8.1f} us/record")
+    with open("/proc/self/status") as fh:
+        hwm = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+    print(f"{n} records; peak RSS {int(hwm) / 1024:.1f} MiB")
+
+
+def _names_offline(args: argparse.Namespace, tmp: Path) -> list[str]:
+    """The file names, from the store on a copy of the image (the mount holds the
+    image exclusively), so that the workload does not list the mount first."""
+    from pstorefs.cli.options import parse_options
+    from pstorefs.store import open_store
+
+    config = dataclasses.replace(parse_options(args.options).store, read_only=True)
+    copy = tmp / "names.img"
+    shutil.copyfile(args.image, copy)
+    try:
+        s = open_store(str(copy), config)
+        names = [s.entry(r).name for r in s.records]
+        s.close()
+    finally:
+        os.unlink(copy)
+    return names
+
+
+def daemon(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="pstorefs-profile."))
+    mnt = tmp / "mnt"
+    mnt.mkdir()
+    image = args.image
+    if args.workload == "rm":
+        image = str(tmp / "copy.img")
+        measure.copy_image(args.image, image)
+    out = tmp / "daemon.prof"
+    code = ("import cProfile, sys; from pstorefs.cli.mount import main; "
+            f"sys.argv = ['pstorefs', {image!r}, {str(mnt)!r}, '-f'"
+            + (f", '-o', {','.join(args.options)!r}" if args.options else "") + "]; "
+            f"cProfile.run('main()', {str(out)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 120
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > end:
+                raise SystemExit("the daemon did not mount")
+            time.sleep(0.01)
+        names = _names_offline(args, tmp) if args.workload in ("cat", "rm") else []
+        t0 = time.perf_counter()
+        if args.workload in ("ls", "ls2"):
+            measure.timed(["ls", "-l", str(mnt)])
+            if args.workload == "ls2":
+                t0 = time.perf_counter()
+                measure.timed(["ls", "-l", str(mnt)])
+        elif args.workload == "cat":
+            measure.timed(["cat", *names], cwd=str(mnt))
+        elif args.workload == "rm":
+            measure.timed(["rm", "-f", *names], cwd=str(mnt))
+        print(f"{args.workload}: {time.perf_counter() - t0:.3f} s")
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        proc.wait(timeout=120)
+    print(_stats(str(out), args.top or 25))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="bench/hotspots.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    for name in ("store", "daemon"):
+        q = sub.add_parser(name)
+        q.add_argument("image")
+        q.add_argument("-o", dest="options", action="append", default=[])
+        q.add_argument("--top", type=int, default=0)
+        if name == "store":
+            q.add_argument("--phase", default=None)
+        else:
+            q.add_argument("--workload", choices=("ls", "ls2", "cat", "rm"), default="ls")
+    args = p.parse_args()
+    (store if args.what == "store" else daemon)(args)
+
+
+if __name__ == "__main__":
+    main()

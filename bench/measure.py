@@ -1,0 +1,158 @@
+"""Starting, timing and stopping the filesystems bench/run compares."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+PSTOREFS = str(VENV_BIN / "pstorefs")
+PSTORECTL = str(VENV_BIN / "pstorectl")
+ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+ENV["LC_ALL"] = "C"
+"""Every process measured gets this environment: ls sorts and formats the same way on
+every filesystem compared, and Python keeps bytecode (in PYTHONPYCACHEPREFIX, which
+bench/run points into its work directory) as an installed pstorefs would have it,
+rather than compiling pstorefs at every start where PYTHONDONTWRITEBYTECODE is set."""
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def timed(cmd: list[str], **kw) -> float:
+    """Wall-clock seconds of a command that must succeed."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+                          **kw)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise BenchError(f"{cmd[0]} {' '.join(cmd[1:3])}...: rc {proc.returncode}: "
+                         f"{proc.stderr.decode(errors='replace')[-500:]}")
+    return seconds
+
+
+def python(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(BENCH / script), *args]
+
+
+def holders(path: str) -> list[int]:
+    """Processes holding `path` open (the pstorefs daemon of a mount of it)."""
+    want = os.path.realpath(path)
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                        pids.append(int(pid))
+                        break
+    return pids
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident set so far."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmHWM for pid {pid}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def first_readdir(mnt: str) -> None:
+    """One getdents: the first readdir the filesystem answers."""
+    with os.scandir(mnt) as it:
+        next(it, None)
+
+
+@dataclass
+class Mount:
+    """A filesystem being served at `mnt` by process `pid`."""
+
+    kind: str
+    mnt: str
+    pid: int
+    proc: subprocess.Popen | None = None
+
+    def peak_rss_kib(self) -> int:
+        return vm_hwm_kib(self.pid)
+
+    def stop(self) -> None:
+        if os.path.ismount(self.mnt):
+            if subprocess.run(["fusermount3", "-u", self.mnt],
+                              capture_output=True).returncode != 0:
+                time.sleep(0.2)
+                if subprocess.run(["fusermount3", "-u", self.mnt],
+                                  capture_output=True).returncode != 0:
+                    subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                self.proc.wait(timeout=10)
+        else:
+            end = time.monotonic() + 30
+            while _alive(self.pid) and time.monotonic() < end:
+                time.sleep(0.01)
+            if _alive(self.pid):
+                os.kill(self.pid, 15)
+
+
+def start_pstorefs(image: str, mnt: str, options: str) -> tuple[Mount, float]:
+    """`pstorefs IMAGE MNT [-o OPTIONS]` as a user runs it (it returns once the mount
+    is live, the daemon serving), then the first readdir: the seconds from the start
+    of the command until that readdir answered."""
+    cmd = [PSTOREFS, image, mnt] + (["-o", options] if options else [])
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, env=ENV)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)}: rc {proc.returncode}: "
+                         f"{proc.stderr.decode(errors='replace')}")
+    first_readdir(mnt)
+    seconds = time.perf_counter() - t0
+    pids = holders(image)
+    if len(pids) != 1:
+        Mount("pstorefs", mnt, -1).stop()
+        raise BenchError(f"{image}: expected one pstorefs daemon, found {pids}")
+    return Mount("pstorefs", mnt, pids[0]), seconds
+
+
+def start_noop(index: str, mnt: str) -> tuple[Mount, float]:
+    """The no-op filesystem, started and waited for the same way."""
+    read_end, write_end = os.pipe()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(python("noopfs.py", index, mnt, str(write_end)),
+                            pass_fds=(write_end,), env=ENV)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 16):
+        chunks.append(chunk)
+    os.close(read_end)
+    if b"".join(chunks) != b"ok":
+        proc.wait(timeout=30)
+        raise BenchError(f"noopfs did not start: rc {proc.returncode}")
+    first_readdir(mnt)
+    seconds = time.perf_counter() - t0
+    return Mount("noop", mnt, proc.pid, proc), seconds
+
+
+def copy_image(src: str, dest: str) -> None:
+    shutil.copyfile(src, dest)
+    with open(dest, "rb+") as fh:
+        os.fsync(fh.fileno())  # the copy's own writeback does not land in the timed rm

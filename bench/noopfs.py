@@ -1,0 +1,180 @@
+"""A no-op pyfuse3 filesystem with the same files as a workload: the cost of FUSE in
+Python itself, to split each pstorefs figure into FUSE overhead and pstorefs' own work.
+
+    noopfs.py INDEX MOUNTPOINT READY_FD
+
+Same names, sizes and mtimes as pstorefs shows (from the workload's index), and the
+best protocol choices pyfuse3 allows for them: readdirplus with attributes from memory,
+300 s entry and attribute timeouts, `keep_cache` on open, no OPENDIR (ENOSYS: the
+kernel then caches the listing, FOPEN_CACHE_DIR), ENOTSUP for xattr namespaces other
+than `user.` (so `ls -l` asks once per mount, not twice per file), ENODATA within it,
+trio and pyfuse3's default worker count. Contents are zeros; `unlink` only forgets the
+name. Writes "ok"
+to READY_FD once mounted (as pstorefs' parent waits for its daemon), then serves in the
+foreground until unmounted or sent SIGTERM.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import sys
+import time
+
+import pyfuse3
+import trio
+
+TIMEOUT = 300.0
+
+
+COUNTS: dict[str, int] = {}
+"""Requests served, by operation, when NOOPFS_COUNTS names a file to write them to."""
+
+
+def _counted(func):
+    name = func.__name__
+
+    async def wrapper(*args):
+        COUNTS[name] = COUNTS.get(name, 0) + 1
+        return await func(*args)
+
+    wrapper.__name__ = name
+    return wrapper
+
+
+class NoopOps(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, names: list[str], sizes: list[int], mtimes: list[int]) -> None:
+        super().__init__()
+        self.names = [n.encode() for n in names]
+        self.sizes = sizes
+        self.mtimes = mtimes
+        self.by_name = {n: pyfuse3.ROOT_INODE + 1 + i for i, n in enumerate(self.names)}
+        self.listed = set(range(len(names)))
+        self.zeros = bytes(max(sizes, default=0))
+        self.now = time.time_ns()
+
+    def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.entry_timeout = a.attr_timeout = TIMEOUT
+        if inode == pyfuse3.ROOT_INODE:
+            a.st_mode = stat.S_IFDIR | 0o750
+            a.st_nlink = 2
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.now
+            return a
+        i = inode - pyfuse3.ROOT_INODE - 1
+        a.st_mode = stat.S_IFREG | 0o444
+        a.st_nlink = 1
+        a.st_size = self.sizes[i]
+        a.st_blksize = 4096
+        a.st_blocks = (self.sizes[i] + 511) // 512
+        a.st_atime_ns = self.now
+        a.st_mtime_ns = a.st_ctime_ns = self.mtimes[i]
+        return a
+
+    async def lookup(self, parent_inode, name, ctx):
+        if name == b"." or name == b"..":
+            return self._attrs(pyfuse3.ROOT_INODE)
+        inode = self.by_name.get(name)
+        if parent_inode != pyfuse3.ROOT_INODE or inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(inode)
+
+    async def getattr(self, inode, ctx):
+        return self._attrs(inode)
+
+    async def opendir(self, inode, ctx):
+        raise pyfuse3.FUSEError(errno.ENOSYS)  # one directory: let the kernel cache it
+
+    async def readdir(self, fh, start_id, token):
+        for i in sorted(self.listed):
+            inode = pyfuse3.ROOT_INODE + 1 + i
+            if inode <= start_id:
+                continue
+            if not pyfuse3.readdir_reply(token, self.names[i], self._attrs(inode), inode):
+                return
+
+    async def releasedir(self, fh):
+        return None
+
+    async def open(self, inode, flags, ctx):
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def read(self, fh, off, size):
+        end = min(off + size, self.sizes[fh - pyfuse3.ROOT_INODE - 1])
+        return self.zeros[off:end] if end > off else b""
+
+    async def release(self, fh):
+        return None
+
+    async def unlink(self, parent_inode, name, ctx):
+        inode = self.by_name.pop(name, None)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.listed.discard(inode - pyfuse3.ROOT_INODE - 1)
+
+    async def getxattr(self, inode, name, ctx):
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def listxattr(self, inode, ctx):
+        return []
+
+    async def forget(self, inode_list):
+        return None
+
+    async def statfs(self, ctx):
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = st.f_frsize = 4096
+        st.f_files = len(self.listed) + 1
+        st.f_namemax = 255
+        return st
+
+
+async def _serve(ready_fd: int) -> None:
+    async def stop_on_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                pyfuse3.terminate()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal)
+        os.write(ready_fd, b"ok")
+        os.close(ready_fd)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str]) -> None:
+    index, mountpoint, ready_fd = argv[0], argv[1], int(argv[2])
+    with open(index) as fh:
+        meta = json.load(fh)
+    ops = NoopOps(meta["names"], meta["sizes"], meta["mtimes_ns"])
+    counts = os.environ.get("NOOPFS_COUNTS")
+    if counts:
+        for name in ("lookup", "getattr", "opendir", "readdir", "releasedir", "open",
+                     "read", "release", "unlink", "getxattr", "listxattr", "forget",
+                     "statfs"):
+            setattr(ops, name, _counted(getattr(ops, name)))
+    pyfuse3.init(ops, mountpoint, {"fsname=noopfs", "subtype=noopfs", "nodev", "nosuid",
+                                   "noexec"})
+    try:
+        trio.run(_serve, ready_fd)
+    finally:
+        pyfuse3.close(unmount=True)
+        if counts:
+            with open(counts, "w") as fh:
+                json.dump(COUNTS, fh)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
