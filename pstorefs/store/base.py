@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pstorefs.format.consts import PstoreType
+from pstorefs.store.device import Device
 from pstorefs.store.geometry import Zone
 
 
@@ -43,12 +44,18 @@ class Store(ABC):
     """A source opened by one back end. Thread-safe: the FUSE layer calls it from
     worker threads."""
 
-    read_only: bool
+    device: Device
+    _records: list[Record]
 
     @property
-    @abstractmethod
+    def read_only(self) -> bool:
+        """Whether erasing is refused: the source could only be opened read-only."""
+        return self.device.read_only
+
+    @property
     def records(self) -> Sequence[Record]:
         """Every record found, in the kernel's read order."""
+        return self._records
 
     @abstractmethod
     def entry(self, record: Record) -> Entry:
@@ -83,9 +90,9 @@ class Store(ABC):
     def describe(self) -> str:
         """One line naming the source and the layout in use, for logs."""
 
-    @abstractmethod
     def close(self) -> None:
         """Release the source."""
+        self.device.close()
 
     @abstractmethod
     def find(self, name: str) -> Record | None:

@@ -17,7 +17,7 @@ position in memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from pstorefs.errors import (
     DeviceError,
@@ -100,14 +100,6 @@ class BlockConsoleStore(Store):
         self._records = self._recover()
 
     @property
-    def read_only(self) -> bool:  # type: ignore[override]
-        return self.device.read_only
-
-    @property
-    def records(self) -> Sequence[Record]:
-        return self._records
-
-    @property
     def filename(self) -> str:
         return f"{PstoreType.CONSOLE.file_prefix}-{self.name}-0"
 
@@ -132,9 +124,6 @@ class BlockConsoleStore(Store):
                 f"{self.reference.uuid:08x}, round {self.reference.round}, {self.tiles} "
                 f"tiles, next write at {next_write_offset(self.end, self.tiles):#x}: "
                 f"{len(self._records)} records")
-
-    def close(self) -> None:
-        self.device.close()
 
     # -- listing ----------------------------------------------------------------------
     def _prefix(self, tile: int) -> bytes:

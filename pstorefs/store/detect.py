@@ -394,9 +394,11 @@ def _flash_kmsg_size(dmesg: Sequence[Hit], room: int, erasesize: int, peek: Peek
 
 def _check_leading_gap(start: int, kmsg: int, fronts: Sequence[Hit], peek: Peek) -> None:
     """The first dmesg header is taken as zone 0; a whole zone before it holding bytes
-    (a zone 0 whose header is damaged) would make every name one off."""
-    front_end = max((h.end for h in fronts), default=0)
-    for zone in range(start - kmsg, front_end - 1, -kmsg):
+    (a zone 0 whose header is damaged) would make every name one off. Only where no
+    ring header comes first: before those, the bytes may be an erased ring's."""
+    if fronts:
+        return  # the space is ring areas then, whose erased zones keep stale bytes
+    for zone in range(start - kmsg, -1, -kmsg):
         if _holds_data(peek(zone)):
             raise GeometryError(f"bytes at {zone:#x}, a dmesg zone's size before the first "
                                 f"dmesg header ({start:#x}), may be a zone whose header is "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from pstorefs.errors import DeviceError, GeometryError, ReadOnlyError, UsageError, ZoneChangedError
 from pstorefs.format.consts import PstoreType
@@ -119,14 +119,6 @@ class MtdoopsStore(Store):
         self._headers: dict[Record, PageHeader] = {}
         self._records = self._recover(probes)
 
-    @property
-    def read_only(self) -> bool:  # type: ignore[override]
-        return self.device.read_only
-
-    @property
-    def records(self) -> Sequence[Record]:
-        return self._records
-
     def layout(self) -> dict[str, object]:
         return {
             "backend": "mtdoops",
@@ -149,9 +141,6 @@ class MtdoopsStore(Store):
     def describe(self) -> str:
         return (f"{self.device.path}: mtdoops, {self._mount_options()}: {self.pages} pages, "
                 f"{len(self._records)} records")
-
-    def close(self) -> None:
-        self.device.close()
 
     # -- listing ----------------------------------------------------------------
     def _read_headers(self) -> dict[int, bytes]:

@@ -376,14 +376,6 @@ class RamoopsStore(Store):
         self.abi = abi or self._detect_abi()
         self._records = self._recover()
 
-    @property
-    def read_only(self) -> bool:  # type: ignore[override]
-        return self.device.read_only
-
-    @property
-    def records(self) -> Sequence[Record]:
-        return self._records
-
     def layout(self) -> dict[str, object]:
         g = self.parameters
         return {
@@ -408,9 +400,6 @@ class RamoopsStore(Store):
     def describe(self) -> str:
         return (f"{self.device.path}: ramoops, {self.parameters.mount_options()}: "
                 f"{len(self.zones)} zones, {len(self._records)} records")
-
-    def close(self) -> None:
-        self.device.close()
 
     # -- listing ----------------------------------------------------------------
     def _little_endian(self) -> bool:

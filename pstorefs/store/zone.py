@@ -126,14 +126,6 @@ class ZoneStore(Store):
         self._erased = self._recover_erased(probes) if show_erased else []
 
     @property
-    def read_only(self) -> bool:  # type: ignore[override]
-        return self.device.read_only
-
-    @property
-    def records(self) -> Sequence[Record]:
-        return self._records
-
-    @property
     def erased(self) -> Sequence[Record]:
         return self._erased
 
@@ -163,9 +155,6 @@ class ZoneStore(Store):
         return (f"{self.device.path}: {g.format.value} format, abi {self.abi.name}, "
                 f"{g.mount_options()}{cap}: {len(self.zones)} zones, "
                 f"{len(self._records)} records")
-
-    def close(self) -> None:
-        self.device.close()
 
     # -- listing ----------------------------------------------------------------
     def _read_headers(self) -> dict[Zone, bytes]:
