@@ -225,8 +225,7 @@ def test_ring_zone_verdict(sig: int, datalen: int, start: int, ok: bool) -> None
     (0x43474243, 500, PSTORE_KMSG_HEADER_MAGIC, False),
 ])
 def test_kmsg_zone_verdict(sig: int, datalen: int, magic: int, ok: bool) -> None:
-    kmsg = KmsgHeader(magic, 1, 0, False, 1, 2)
-    assert kmsg_zone_ok(ZoneHeader(sig, datalen, 0), kmsg, X86_64, 1000) is ok
+    assert kmsg_zone_ok(ZoneHeader(sig, datalen, 0), magic, X86_64, 1000) is ok
 
 
 @pytest.mark.parametrize(("start", "datalen", "want"), [

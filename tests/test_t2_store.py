@@ -34,7 +34,7 @@ from pstorefs.format.zone import (
     ring_zone_ok,
 )
 from pstorefs.store import Store, StoreConfig, open_store
-from pstorefs.store.cache import BodyCache
+from pstorefs.store.cache import ITEM_OVERHEAD, BodyCache
 from pstorefs.store.decompress import decompress
 from pstorefs.store.device import Device
 from pstorefs.store.geometry import Geometry, kib_to_bytes
@@ -156,7 +156,7 @@ def rebuild(case: Case, image: bytes) -> ZoneWriter:
         raw = image[z.offset:z.offset + z.size]
         header = parse_zone_header(abi, raw, z.offset)
         kmsg = parse_kmsg_header(abi, raw[HEADER:], z.offset + HEADER)
-        if kmsg_zone_ok(header, kmsg, abi, z.size - HEADER):
+        if kmsg_zone_ok(header, kmsg.magic, abi, z.size - HEADER):
             index = w.dmesg(raw[HEADER + hlen:HEADER + header.datalen], reason=kmsg.reason,
                             time=(kmsg.tv_sec, kmsg.tv_nsec), compressed=kmsg.compressed)
             assert index == z.index
@@ -270,9 +270,26 @@ def test_listing_and_reading_write_nothing(case: Case, image_copy: Callable[...,
 def test_find_unknown_names() -> None:
     case = case_by_id("kmsg-deflate-3oops")
     with closing(open_store(str(case.image), config(case, read_only=True))) as store:
-        for name in ("dmesg-pstore_blk-3", "dmesg-pstore_blk-0.enc.z", "dmesg-blkoops-0",
+        for name in ("dmesg-pstore_blk-3", "dmesg-blkoops-0", "dmesg-pstore_blk-00",
                      "pmsg-pstore_blk-0", "dmesg-pstore_blk-", "nonsense", ""):
             assert store.find(name) is None, name
+
+
+def test_find_reads_nothing_and_the_entry_settles_enc_z() -> None:
+    """find answers from the headers alone: a compressed record not decoded yet is
+    found under its `.enc.z` name too, until decoding shows it has the plain one."""
+    case = case_by_id("kmsg-deflate-3oops")
+    with closing(open_store(str(case.image), config(case, read_only=True))) as store:
+        reads = []
+        real_read = store.device.read
+        store.device.read = lambda *a: reads.append(a) or real_read(*a)
+        tentative = store.find("dmesg-pstore_blk-0.enc.z")
+        assert tentative is not None and tentative.compressed
+        assert store.find("dmesg-pstore_blk-0") == tentative
+        assert reads == [], "find read the device"
+        assert store.entry(tentative).name == "dmesg-pstore_blk-0"
+        assert store.find("dmesg-pstore_blk-0.enc.z") is None, "decoded: the name is known"
+        assert store.find("dmesg-pstore_blk-0") == tentative
 
 
 # == erase =================================================================================
@@ -926,14 +943,15 @@ def test_erase_writes_only_datalen_and_start(tmp_path: Path) -> None:
 
 # == the body cache ========================================================================
 def test_body_cache_is_an_lru_within_budget() -> None:
-    cache = BodyCache(100)
+    o = ITEM_OVERHEAD
+    cache = BodyCache(100 + 3 * o)
     cache.put("a", b"a" * 40)
     cache.put("b", b"b" * 40)
     assert cache.get("a") == b"a" * 40  # a is now the most recent
     cache.put("c", b"c" * 40)            # 120 > 100: b goes
     assert cache.get("b") is None
     assert cache.get("a") == b"a" * 40 and cache.get("c") == b"c" * 40
-    cache.put("huge", b"h" * 101)        # bigger than the budget: never kept
+    cache.put("huge", b"h" * (101 + 3 * o - o))  # bigger than the budget: never kept
     assert cache.get("huge") is None and cache.get("a") is not None
     cache.put("a", b"A" * 10)            # replacing frees the old body
     cache.put("d", b"d" * 50)            # 10 + 40 + 50 = 100 fits
@@ -953,7 +971,100 @@ def test_store_cache_stays_within_budget(budget: int) -> None:
     with closing(store):
         for _ in range(2):
             assert listing(store) == case.files
-            cached = [store._cache.get(r) for r in store.records]
+            cached = [store.cached_read(r) for r in store.records]
             assert sum(len(b) for b in cached if b is not None) <= budget
         if budget >= sum(len(b) for b in case.files.values()):
             assert all(b is not None for b in cached)
+
+
+# == thousands of zones: found from the headers, kept compact ==============================
+def many_records(tmp_path: Path, count: int = 4096) -> Path:
+    w = ZoneWriter(X86_64, count * 4 * KIB, kmsg_size=4 * KIB)
+    for n in range(count):
+        w.dmesg(deflate(oops_text(n, 600)), compressed=True)
+    return save(w, tmp_path)
+
+
+def test_zone_list_is_the_kernels_zones(tmp_path: Path) -> None:
+    """`Geometry.zones` makes the dmesg zones when asked for: the same zones, in the
+    same order, as listing them out."""
+    g = Geometry(kmsg_size=8 * KIB, pmsg_size=16 * KIB, console_size=8 * KIB,
+                 ftrace_size=8 * KIB, nr_cpus=2)
+    zones = g.zones(MIB)
+    listed = list(zones)
+    assert len(zones) == len(listed) == 4 + (MIB - 32 * KIB) // (8 * KIB)
+    assert [z.type for z in listed[:4]] == [PstoreType.PMSG, PstoreType.CONSOLE,
+                                             PstoreType.FTRACE, PstoreType.FTRACE]
+    dmesg = listed[4:]
+    assert all(z.index == i and z.offset == 32 * KIB + i * 8 * KIB and z.size == 8 * KIB
+               for i, z in enumerate(dmesg))
+    assert zones[-1] == dmesg[-1] and zones[4] == dmesg[0] and zones[1:3] == listed[1:3]
+    assert zones.dmesg(7) == dmesg[7]
+    with pytest.raises(IndexError):
+        zones[len(zones)]
+
+
+def test_records_are_made_again_equal_and_found_in_log_time(tmp_path: Path) -> None:
+    path = many_records(tmp_path)
+    with closing(open_store(str(path), StoreConfig(kmsg_size=4, read_only=True))) as store:
+        records = store.records
+        assert len(records) == 4096
+        assert records[17] == records[17] and hash(records[17]) == hash(records[17])
+        assert records.index(records[4000]) == 4000 and records[-1] == records[4095]
+        assert records[4000] in records
+        other = records[5]._replace(snapshot=(bytes(52),))
+        assert other not in records
+        with pytest.raises(ValueError):
+            records.index(other)
+        assert store.find("dmesg-blkoops-4095") == records[4095]
+        assert store.find("dmesg-blkoops-4096") is None
+        assert [r.id for r in records[10:13]] == [10, 11, 12]
+
+
+def test_memory_grows_by_bytes_per_record_not_by_objects(tmp_path: Path) -> None:
+    """What opening keeps is a few dozen bytes per record (its zone index, the header
+    bytes erase compares, its size once decoded), not a record's objects (some 500
+    bytes): 16,384 records of a 128 MiB partition stay around a megabyte. Decoding them
+    all adds only what the fixed-budget cache keeps."""
+    path = many_records(tmp_path)
+    tracemalloc.start()
+    try:
+        store = open_store(str(path), StoreConfig(kmsg_size=4, read_only=True))
+        opened, _ = tracemalloc.get_traced_memory()
+        for record in store.records:
+            store.entry(record)
+        decoded, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    try:
+        per_record = opened / len(store.records)
+        assert per_record < 160, f"{per_record:.0f} bytes held per record"
+        assert decoded - opened < 2.2 * MIB, "decoded bodies beyond the cache's budget"
+        assert {store.entry(r).name for r in store.records} == {
+            f"dmesg-blkoops-{n}" for n in range(4096)}
+    finally:
+        store.close()
+
+
+def test_a_read_that_an_erase_overlapped_is_read_again(tmp_path: Path) -> None:
+    """On flash an erase rewrites a whole erase block, neighbours included: a record
+    read while an erase writes is read again, and what the torn read saw is not kept."""
+    case = case_by_id("kmsg-deflate-3oops")
+    path = tmp_path / "image.bin"
+    path.write_bytes(case.image.read_bytes())
+    with closing(open_store(str(path), config(case))) as store:
+        record = store.records[1]
+        real_read = store.device.read
+        reads = []
+
+        def torn(offset: int, size: int) -> bytes:
+            reads.append(offset)
+            if len(reads) == 1:  # an erase begins and ends while this read runs
+                store._erases += 2
+                return b"\xff" * size
+            return real_read(offset, size)
+
+        store.device.read = torn
+        assert store.read(record) == case.files["dmesg-pstore_blk-1"]
+        assert len(reads) == 2
+        assert store.entry(record).name == "dmesg-pstore_blk-1"

@@ -33,10 +33,16 @@ from conftest import (
     two_cpu_ftrace_image,
     zone_layout,
 )
+from writer import ZoneWriter, deflate
 
 from pstorefs.cli.options import parse_options
+from pstorefs.format.abi import X86_64 as X86_64_ABI
 from pstorefs.fs import Operations, Ownership
 from pstorefs.store import open_store
+from pstorefs.store.cache import ITEM_OVERHEAD
+from pstorefs.store.device import Device
+from pstorefs.store.geometry import Geometry
+from pstorefs.store.zone import ZoneStore
 
 ROOT = pyfuse3.ROOT_INODE
 KMSG = case_by_id("kmsg-deflate-3oops")
@@ -159,7 +165,7 @@ async def test_root_attributes_and_dot_lookups(open_ops, case: Case) -> None:
     for name in (b".", b".."):
         attrs = await m.ops.lookup(ROOT, name, CTX)
         assert attrs.st_ino == ROOT and stat.S_ISDIR(attrs.st_mode)
-    assert await m.ops.opendir(ROOT, CTX) is not None
+    await expect_errno(errno.ENOSYS, m.ops.opendir(ROOT, CTX))  # the kernel caches the listing
     st = await m.ops.statfs(CTX)
     assert st.f_namemax >= 255 and st.f_bsize > 0
 
@@ -680,3 +686,110 @@ async def test_concurrent_opens_of_one_inode(open_ops) -> None:
             except pyfuse3.FUSEError as exc:  # an errno is survivable; anything else is not
                 pytest.fail(f"read on a live handle after another's release: errno {exc.errno}")
             assert got == want[100:300]
+
+
+# -- what keeps the kernel's requests few and answered from memory --------------------------
+async def test_unlink_of_the_enc_z_name_of_a_record_that_decodes_is_enoent(open_ops) -> None:
+    """`find` answers from the headers, so `.enc.z` finds an undecoded compressed record
+    too: unlink must settle the name before erasing anything."""
+    m = open_ops(KMSG)
+    await expect_errno(errno.ENOENT, m.ops.unlink(ROOT, b"dmesg-pstore_blk-1.enc.z", CTX))
+    assert m.image.read_bytes() == KMSG.image.read_bytes()
+    attrs = await m.ops.lookup(ROOT, b"dmesg-pstore_blk-1", CTX)
+    assert await read_all(m.ops, attrs.st_ino) == KMSG.files["dmesg-pstore_blk-1"]
+
+
+async def test_xattrs_outside_user_are_not_supported(open_ops) -> None:
+    """ENOTSUP, not ENODATA, for the namespaces `ls -l` asks about (SELinux labels,
+    POSIX ACLs): coreutils then stops asking on this mount."""
+    m = open_ops(KMSG)
+    inode = (await m.ops.lookup(ROOT, b"dmesg-pstore_blk-0", CTX)).st_ino
+    for name in (b"security.selinux", b"system.posix_acl_access", b"trusted.x"):
+        await expect_errno(errno.EOPNOTSUPP, m.ops.getxattr(inode, name, CTX))
+    await expect_errno(errno.ENODATA, m.ops.getxattr(inode, b"user.nope", CTX))
+    assert await m.ops.getxattr(inode, b"user.pstore.reason_code", CTX) == b"2"
+
+
+async def test_opendir_is_left_to_the_kernel_only_without_erased_dir(open_ops) -> None:
+    """Without `erased/` the root is the only directory: OPENDIR answers ENOSYS so the
+    kernel caches the listing, and readdir is then asked with fh 0. With `erased/`,
+    readdir must tell the two directories apart by their handles."""
+    m = open_ops(KMSG, extra="show_erased")
+    await expect_errno(errno.ENOSYS, m.ops.opendir(ROOT, CTX))
+    ops = Operations(m.ops.store, Ownership(), read_only=False, show_erased=True)
+    assert await ops.opendir(ROOT, CTX) == ROOT
+
+
+async def test_lookups_in_listing_order_decode_ahead(open_ops) -> None:
+    """A lookup of the record after the one looked up before starts decoding the next
+    ones in the background: their opens then find the body in the store's cache."""
+    m = open_ops(KMSG)
+    store = m.ops.store
+    records = list(store.records)
+    assert all(store.cached_read(r) is None for r in records)
+    await m.ops.lookup(ROOT, b"dmesg-pstore_blk-0", CTX)
+    assert store.cached_read(records[2]) is None, "a single lookup is no order"
+    await m.ops.lookup(ROOT, b"dmesg-pstore_blk-1", CTX)
+    for _ in range(1000):
+        if store.cached_read(records[2]) is not None:
+            break
+        await trio.sleep(0.01)
+    assert store.cached_read(records[2]) == KMSG.files["dmesg-pstore_blk-2"]
+    assert m.image.read_bytes() == KMSG.image.read_bytes()
+
+
+async def test_xattrs_of_a_record_are_asked_for_once(open_ops) -> None:
+    """A copy with its attributes (systemd-pstore) lists them and asks for each: the
+    store computes them once."""
+    m = open_ops(KMSG)
+    inode = (await m.ops.lookup(ROOT, b"dmesg-pstore_blk-0", CTX)).st_ino
+    calls = []
+    real = m.ops.store.attributes
+    m.ops.store.attributes = lambda record: calls.append(record) or real(record)
+    names = await m.ops.listxattr(inode, CTX)
+    values = {n: await m.ops.getxattr(inode, n, CTX) for n in names}
+    assert len(calls) == 1 and len(values) >= 8
+    assert values[b"user.pstore.zone_offset"] == b"0"
+
+
+async def test_names_with_non_ascii_digits_are_enoent(open_ops) -> None:
+    """`²` and `①` are digits to `str.isdigit` but no record's number: ENOENT, and the
+    handler answers (an exception there would end the mount)."""
+    m = open_ops(KMSG)
+    for name in ("dmesg-pstore_blk-²", "dmesg-pstore_blk-①", "dmesg-pstore_blk-\u0661"):
+        await expect_errno(errno.ENOENT, m.ops.lookup(ROOT, name.encode(), CTX))
+    assert (await m.ops.lookup(ROOT, b"dmesg-pstore_blk-1", CTX)).st_ino > ROOT
+
+
+async def test_a_second_pass_in_order_reads_ahead_again(tmp_path: Path) -> None:
+    """Read-ahead follows the requests: after a pass over every record, a pass from
+    the first again (a second `cat *`) is read ahead as the first one was."""
+    w = ZoneWriter(X86_64_ABI, 64 * 4096, kmsg_size=4096)
+    for n in range(64):
+        w.dmesg(deflate(f"Oops#{n + 1} Part1\nrecord {n}\n".encode() * 20), compressed=True)
+    path = tmp_path / "many.bin"
+    path.write_bytes(bytes(w.image))
+    # a cache for some 40 of the 64 bodies: after a pass, the first ones are gone
+    store = ZoneStore(Device(str(path), read_only=True), Geometry(kmsg_size=4096),
+                      name="pstore_blk", cache_budget=40 * (400 + ITEM_OVERHEAD))
+    ops = Operations(store, Ownership(), read_only=True)
+    records = list(store.records)
+
+    async def decoded_ahead(at: int) -> bool:
+        for _ in range(500):
+            if store.cached_read(records[at]) is not None:
+                return True
+            await trio.sleep(0.01)
+        return False
+
+    try:
+        for n in range(64):
+            await ops.lookup(ROOT, f"dmesg-pstore_blk-{n}".encode(), CTX)
+        assert await decoded_ahead(63)
+        assert store.cached_read(records[20]) is None, "the cache holds every body"
+        for n in range(10):
+            await ops.lookup(ROOT, f"dmesg-pstore_blk-{n}".encode(), CTX)
+            await trio.sleep(0.02)
+        assert await decoded_ahead(20), "the second pass was not read ahead"
+    finally:
+        store.close()

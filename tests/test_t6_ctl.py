@@ -85,3 +85,16 @@ def test_errors_are_one_line_with_the_documented_exit_code(args: tuple[str, ...]
     err = result.stderr.decode()
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert image.read_bytes() == before
+
+
+def test_erase_of_the_enc_z_name_of_a_record_that_decodes_is_refused(tmp_path: Path) -> None:
+    """`find` answers a `.enc.z` name for a compressed record not decoded yet: the tool
+    settles the name before it erases anything."""
+    case = case_by_id("kmsg-deflate-3oops")
+    image = tmp_path / "image.bin"
+    shutil.copyfile(case.image, image)
+    for verb in ("erase", "cat"):
+        result = ctl(verb, str(image), "dmesg-blkoops-1.enc.z")
+        assert result.returncode != 0 and b"no such record" in result.stderr, verb
+        assert b"Traceback" not in result.stderr
+    assert image.read_bytes() == case.image.read_bytes()

@@ -109,6 +109,8 @@ def _find(store: Store, name: str) -> Record:
                        if store.entry(r).name == name.removeprefix(ERASED_PREFIX)), None)
     else:
         record = store.find(name)
+        if record is not None and store.entry(record).name != name:
+            record = None  # a `.enc.z` name of a record that decodes (see Store.find)
     if record is None:
         raise PstoreError(f"{name}: no such record")
     return record

@@ -58,12 +58,17 @@ def _setup_logging(debug: bool) -> None:
 def _log_to_syslog() -> None:
     """Once daemonized, log lines go to syslog/journald (or nowhere if neither runs)."""
     root = logging.getLogger()
-    try:
-        handler: logging.Handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter(f"pstorefs[{os.getpid()}]: %(message)s"))
-    except OSError:
-        handler = logging.NullHandler()
+    handler: logging.Handler = logging.NullHandler()
+    # Without /dev/log, SysLogHandler would try to connect again, and fail, on every
+    # record (some 200 us each, and a traceback formatted for nobody): no handler then.
+    if os.path.exists("/dev/log"):
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            handler.setFormatter(logging.Formatter(f"pstorefs[{os.getpid()}]: %(message)s"))
+        except OSError:
+            pass
+    logging.raiseExceptions = False  # a syslog that goes away later costs no tracebacks
     root.handlers[:] = [handler]
 
 

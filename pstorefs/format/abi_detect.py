@@ -20,12 +20,12 @@ remaining ABIs would show different files is the user asked to choose with `abi=
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from pstorefs.errors import GeometryError
-from pstorefs.format.abi import ABIS, Abi
+from pstorefs.format.abi import ABIS, Abi, kmsg_header_format
 from pstorefs.format.ftrace import FtraceRecord, merge_zones, parse_records
-from pstorefs.format.zone import kmsg_layout_fits, parse_kmsg_header
+from pstorefs.format.zone import kmsg_layouts_fit
 
 RISING_SHARE = 0.9
 """pstore's ftrace timestamp is a plain, non-atomic `pstore_ftrace_stamp++`: racing CPUs
@@ -50,12 +50,13 @@ def detect_abi(*, little_endian: bool, kmsg_headers: Sequence[bytes],
     notes = []
     deciding: list[bytes] = []
     if kmsg_headers:
-        votes = {abi: sum(kmsg_layout_fits(abi, h) for h in kmsg_headers) for abi in candidates}
+        fits = _fits(candidates, kmsg_headers)
+        votes = {abi: sum(fits[_kmsg_layout(abi)]) for abi in candidates}
         best = max(votes.values())
         if best:
             candidates = [abi for abi in candidates if votes[abi] == best]
-            deciding = [h for h in kmsg_headers
-                        if any(kmsg_layout_fits(abi, h) for abi in candidates)]
+            kept = [fits[layout] for layout in {_kmsg_layout(abi) for abi in candidates}]
+            deciding = [h for h, *fit in zip(kmsg_headers, *kept, strict=True) if any(fit)]
         else:
             notes.append("no dmesg header reads as any ABI's")
     zones = [z for z in ftrace_zones if z]
@@ -64,13 +65,11 @@ def detect_abi(*, little_endian: bool, kmsg_headers: Sequence[bytes],
         if zones:
             candidates = _ftrace_fitting(candidates, records) or candidates
         if len(candidates) > 1:
-            groups: dict[object, list[Abi]] = {}
-            for abi in candidates:
-                groups.setdefault(_files_view(abi, deciding, records[abi]), []).append(abi)
+            groups = _same_files(candidates, deciding, records)
             if len(groups) > 1:
                 raise GeometryError(
                     "cannot tell the writer's ABI from its records: give "
-                    + " or ".join(f"abi={same[0].name}" for same in groups.values()))
+                    + " or ".join(f"abi={same[0].name}" for same in groups))
             notes.append(f"{', '.join(a.name for a in candidates[1:])} would show the same files")
     chosen = candidates[0]
     if notes:
@@ -78,14 +77,60 @@ def detect_abi(*, little_endian: bool, kmsg_headers: Sequence[bytes],
     return chosen, None
 
 
-def _files_view(abi: Abi, kmsg_headers: Sequence[bytes],
-                zones: Sequence[Sequence[FtraceRecord]]) -> object:
-    """What the files would show when read with `abi`: ABIs with equal views are the same
-    for this partition. (The caller leaves out the headers no candidate reads as the
-    kernel's: they are corrupt whoever wrote them.)"""
-    kmsg = ((abi.kmsg_header_size, tuple(parse_kmsg_header(abi, h, 0) for h in kmsg_headers))
-            if kmsg_headers else None)
-    return kmsg, tuple(merge_zones(zones))
+def _kmsg_layout(abi: Abi) -> str:
+    """The ABI's `psz_kmsg_header` layout: ABIs of one layout (le32 and its cpuip
+    variants) read every dmesg header alike, so each layout reads them once."""
+    return kmsg_header_format(abi).format
+
+
+def _kmsg_rows(abi: Abi, kmsg_headers: Sequence[bytes]) -> Iterator[tuple[int, ...]]:
+    """Each header's fields read with `abi`, in one pass over them joined (a header
+    shorter than the ABI's, which callers do not pass, reads as zero-filled)."""
+    fmt = kmsg_header_format(abi)
+    return fmt.iter_unpack(b"".join(h[:fmt.size].ljust(fmt.size, b"\0") for h in kmsg_headers))
+
+
+def _same_header(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether two readings of a dmesg header show the same (`parse_kmsg_header` reads
+    `compressed` as a truth value)."""
+    return a[:3] == b[:3] and (a[3] != 0) == (b[3] != 0) and a[4:] == b[4:]
+
+
+def _fits(candidates: Sequence[Abi], kmsg_headers: Sequence[bytes]) -> dict[str, list[bool]]:
+    """`kmsg_layout_fits` of every header, by layout."""
+    fits: dict[str, list[bool]] = {}
+    for abi in candidates:
+        if _kmsg_layout(abi) not in fits:
+            fits[_kmsg_layout(abi)] = kmsg_layouts_fit(abi, kmsg_headers)
+    return fits
+
+
+def _same_files(candidates: Sequence[Abi], kmsg_headers: Sequence[bytes],
+                records: dict[Abi, list[list[FtraceRecord]]]) -> list[list[Abi]]:
+    """The candidates grouped by the files they would show: each compared with the
+    first of every group, header by header (nothing of a partition's thousands of
+    headers is kept). The caller leaves out the headers no candidate reads as the
+    kernel's: they are corrupt whoever wrote them."""
+    ftrace = {abi: merge_zones(records[abi]) for abi in candidates}
+    kmsg_alike: dict[tuple[str, str], bool] = {}
+
+    def alike(a: Abi, b: Abi) -> bool:
+        layouts = (_kmsg_layout(a), _kmsg_layout(b))
+        if layouts not in kmsg_alike:
+            kmsg_alike[layouts] = layouts[0] == layouts[1] or not kmsg_headers or (
+                a.kmsg_header_size == b.kmsg_header_size
+                and all(map(_same_header, _kmsg_rows(a, kmsg_headers),
+                                _kmsg_rows(b, kmsg_headers))))
+        return ftrace[a] == ftrace[b] and kmsg_alike[layouts]
+
+    groups: list[list[Abi]] = []
+    for abi in candidates:
+        same = next((group for group in groups if alike(group[0], abi)), None)
+        if same is None:
+            groups.append([abi])
+        else:
+            same.append(abi)
+    return groups
 
 
 def _ftrace_fitting(candidates: Sequence[Abi],

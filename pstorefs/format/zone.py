@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct as python_struct
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cache
+from typing import NamedTuple
 
 from construct import ConstructError, Struct
 
 from pstorefs.errors import FormatError
-from pstorefs.format.abi import Abi, kmsg_header_struct, zone_header_struct
+from pstorefs.format.abi import Abi, kmsg_header_format, zone_header_format
 from pstorefs.format.consts import (
     BLKZ_BUFFER_SIZE,
     PSTORE_KMSG_HEADER_MAGIC,
@@ -33,17 +34,16 @@ def parse(struct: Struct, buf: bytes, offset: int, what: str) -> object:
         raise FormatError(what, offset) from exc
 
 
-@dataclass(frozen=True)
-class ZoneHeader:
-    """`struct psz_buffer` as read from a zone."""
+class ZoneHeader(NamedTuple):
+    """`struct psz_buffer` as read from a zone. (Named tuples here: one of each is read
+    per zone, thousands of them.)"""
 
     sig: int
     datalen: int
     start: int
 
 
-@dataclass(frozen=True)
-class KmsgHeader:
+class KmsgHeader(NamedTuple):
     """`struct psz_kmsg_header` as read after a dmesg zone's header."""
 
     magic: int
@@ -68,14 +68,19 @@ def parse_zone_header(abi: Abi, buf: bytes, offset: int,
     """`struct psz_buffer`, or the blkoops RFC's `struct blkz_buffer` (no `start`)."""
     if fmt is ZoneFormat.BLKOOPS:
         buf = buf[:BLKZ_BUFFER_SIZE] + bytes(PSZ_BUFFER_SIZE - BLKZ_BUFFER_SIZE)
-    h = parse(zone_header_struct(abi), buf[:PSZ_BUFFER_SIZE], offset, "zone header")
-    return ZoneHeader(h.sig, h.datalen, h.start)
+    return ZoneHeader._make(_unpack(zone_header_format(abi), buf, offset, "zone header"))
 
 
 def parse_kmsg_header(abi: Abi, buf: bytes, offset: int) -> KmsgHeader:
-    s = kmsg_header_struct(abi)
-    h = parse(s, buf[:s.sizeof()], offset, "dmesg header")
-    return KmsgHeader(h.magic, h.tv_sec, h.tv_nsec, h.compressed != 0, h.counter, h.reason)
+    magic, tv_sec, tv_nsec, compressed, counter, reason = _unpack(
+        kmsg_header_format(abi), buf, offset, "dmesg header")
+    return KmsgHeader(magic, tv_sec, tv_nsec, compressed != 0, counter, reason)
+
+
+def _unpack(fmt: python_struct.Struct, buf: bytes, offset: int, what: str) -> tuple[int, ...]:
+    if len(buf) < fmt.size:
+        raise FormatError(what, offset)
+    return fmt.unpack_from(buf)
 
 
 def ring_zone_ok(header: ZoneHeader, ptype: PstoreType, buffer_size: int) -> bool:
@@ -91,15 +96,16 @@ def ring_zone_ok(header: ZoneHeader, ptype: PstoreType, buffer_size: int) -> boo
             and 0 <= header.start <= header.datalen)
 
 
-def kmsg_zone_ok(header: ZoneHeader, kmsg: KmsgHeader, abi: Abi, buffer_size: int) -> bool:
-    """`psz_kmsg_recover_meta`'s verdict for a dmesg zone holding a record.
+def kmsg_zone_ok(header: ZoneHeader, magic: int, abi: Abi, buffer_size: int) -> bool:
+    """`psz_kmsg_recover_meta`'s verdict for a dmesg zone holding a record, from its
+    zone header and its dmesg header's `magic`.
 
     A `datalen` shorter than the dmesg header would make the kernel copy past its
     buffer; such a zone is treated as invalid.
     """
     return (header.sig == zone_sig(PstoreType.DMESG)
             and abi.kmsg_header_size <= header.datalen <= buffer_size
-            and kmsg.magic == PSTORE_KMSG_HEADER_MAGIC)
+            and magic == PSTORE_KMSG_HEADER_MAGIC)
 
 
 def ring_unwrap(data: bytes, header: ZoneHeader) -> bytes:
@@ -128,25 +134,46 @@ def kmsg_layout_fits(abi: Abi, buf: bytes) -> bool:
     0xFF (the blkoops RFC fills its zone buffers with 0xFF first), and a `tv_sec` before
     the year 2242 (read with the wrong ABI, a 64-bit header's seconds land in the high
     word). This is what tells a 28-byte i386 header from a 40-byte 64-bit one."""
-    s = kmsg_header_struct(abi)
-    raw = buf[:s.sizeof()]
-    if len(raw) < s.sizeof():
+    s = kmsg_header_format(abi)
+    raw = bytes(buf[:s.size])
+    if len(raw) < s.size:
         return False
-    h = s.parse(raw)
-    rebuilt = s.build(h)
-    return (h.magic == PSTORE_KMSG_HEADER_MAGIC
-            and 0 <= h.tv_nsec < 1_000_000_000
-            and 0 <= h.tv_sec < 1 << 33
-            and h.compressed in (0, 1)
-            and raw in (rebuilt, bytes(r | m for r, m in zip(rebuilt, _padding(abi),
-                                                                strict=True))))
+    fields = s.unpack(raw)
+    magic, tv_sec, tv_nsec, compressed, _, _ = fields
+    if not (magic == PSTORE_KMSG_HEADER_MAGIC and 0 <= tv_nsec < 1_000_000_000
+            and 0 <= tv_sec < 1 << 33 and compressed in (0, 1)):
+        return False
+    rebuilt = s.pack(*fields)  # the same bytes with the padding zeroed
+    return raw == rebuilt or raw == _fill_padding(abi, rebuilt)
+
+
+def kmsg_layouts_fit(abi: Abi, bufs: Sequence[bytes]) -> list[bool]:
+    """`kmsg_layout_fits(abi, buf)` of each of `bufs` (a partition has a dmesg header
+    per zone, thousands), in one pass: the fields unpacked from the headers joined, and
+    the padding checked a byte column at a time. Only where some padding is not zero
+    (the blkoops RFC's 0xFF) is each header looked at on its own."""
+    fmt = kmsg_header_format(abi)
+    if any(len(buf) < fmt.size for buf in bufs):
+        return [kmsg_layout_fits(abi, buf) for buf in bufs]
+    joined = b"".join(buf[:fmt.size] for buf in bufs)
+    fits = [magic == PSTORE_KMSG_HEADER_MAGIC and 0 <= tv_nsec < 1_000_000_000
+            and 0 <= tv_sec < 1 << 33 and compressed in (0, 1)
+            for magic, tv_sec, tv_nsec, compressed, _, _ in fmt.iter_unpack(joined)]
+    padding = _padding(abi).to_bytes(fmt.size, "big")
+    if all(joined[at::fmt.size].count(0) == len(bufs)
+           for at, byte in enumerate(padding) if byte):
+        return fits  # then kmsg_layout_fits is the field checks alone
+    return [fit and kmsg_layout_fits(abi, buf) for fit, buf in zip(fits, bufs, strict=True)]
+
+
+def _fill_padding(abi: Abi, raw: bytes) -> bytes:
+    """`raw` with every padding byte of the ABI's `psz_kmsg_header` 0xFF."""
+    return (int.from_bytes(raw, "big") | _padding(abi)).to_bytes(len(raw), "big")
 
 
 @cache
-def _padding(abi: Abi) -> bytes:
-    """0xFF at each padding byte of the ABI's `psz_kmsg_header`, 0 elsewhere: what stays
-    zero when every field is built all-ones."""
-    ones = kmsg_header_struct(abi).build({
-        "magic": 0xFFFFFFFF, "tv_sec": -1, "tv_nsec": -1, "compressed": 0xFF,
-        "counter": 0xFFFFFFFF, "reason": -1})
-    return bytes(0 if b else 0xFF for b in ones)
+def _padding(abi: Abi) -> int:
+    """The padding bytes of the ABI's `psz_kmsg_header` as a mask: 0xFF at each, 0
+    elsewhere (what stays zero when every field is packed all-ones)."""
+    ones = kmsg_header_format(abi).pack(0xFFFFFFFF, -1, -1, 0xFF, 0xFFFFFFFF, -1)
+    return int.from_bytes(bytes(0 if b else 0xFF for b in ones), "big")

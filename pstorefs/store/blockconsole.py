@@ -48,12 +48,14 @@ from pstorefs.store.cache import BodyCache
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.geometry import Zone
-from pstorefs.store.zone import DEFAULT_CACHE_BUDGET
 
 log = logging.getLogger(__name__)
 
 OPTIONS: frozenset[str] = frozenset()
 """The options this back end reads (besides backend=, offset=, size=, name=, ro)."""
+
+DEFAULT_CACHE_BUDGET = 16 << 20
+"""Its one body is the whole log (1 MiB tiles): kept whole for `ls` then `cat`."""
 
 DEFAULT_NAME = "blockconsole"
 

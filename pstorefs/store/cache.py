@@ -6,10 +6,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
+ITEM_OVERHEAD = 128
+"""What each kept body costs beyond its bytes (its key, the bytes object, the entry),
+counted against the budget so that many small bodies stay within it too."""
+
 
 class BodyCache:
-    """Keeps the most recently used bodies whose sizes add up to at most `budget`
-    bytes, so memory stays fixed whatever the partition holds."""
+    """Keeps the most recently used bodies whose sizes (and `ITEM_OVERHEAD` each) add
+    up to at most `budget` bytes, so memory stays fixed whatever the partition holds."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -25,20 +29,20 @@ class BodyCache:
             return body
 
     def put(self, key: Hashable, body: bytes) -> None:
-        if len(body) > self.budget:
+        if len(body) + ITEM_OVERHEAD > self.budget:
             return
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._used -= len(old)
+            self._pop(key)
             self._items[key] = body
-            self._used += len(body)
+            self._used += len(body) + ITEM_OVERHEAD
             while self._used > self.budget:
-                _, evicted = self._items.popitem(last=False)
-                self._used -= len(evicted)
+                self._pop(next(iter(self._items)))
 
     def drop(self, key: Hashable) -> None:
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._used -= len(old)
+            self._pop(key)
+
+    def _pop(self, key: Hashable) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._used -= len(old) + ITEM_OVERHEAD

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, overload
 
 from pstorefs.errors import GeometryError
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, ZoneFormat
@@ -14,9 +16,9 @@ SZ_128M = 128 << 20
 """pstore/zone caps the area it uses at 128 MiB since Linux 5.11."""
 
 
-@dataclass(frozen=True)
-class Zone:
-    """One zone: its type, its index among the zones of that type, and its extent."""
+class Zone(NamedTuple):
+    """One zone: its type, its index among the zones of that type, and its extent.
+    (A named tuple: a partition has thousands.)"""
 
     type: PstoreType
     index: int
@@ -28,6 +30,46 @@ class Zone:
     def buffer_size(self) -> int:
         """Bytes after the zone header (`zone->buffer_size`)."""
         return self.size - self.header_size
+
+
+class ZoneList(Sequence[Zone]):
+    """Every zone, in the kernel's order: the few of pmsg, console and ftrace as they
+    are, then the dmesg zones, all of one size one after the other and as many as
+    16,384 on a 128 MiB partition (more past the cap), each made when asked for."""
+
+    def __init__(self, rings: list[Zone], dmesg_offset: int, dmesg_size: int,
+                 dmesg_count: int, header_size: int = PSZ_BUFFER_SIZE) -> None:
+        self.rings = rings
+        self.dmesg_count = dmesg_count
+        self._dmesg = (dmesg_offset, dmesg_size, header_size)
+
+    def dmesg(self, index: int) -> Zone:
+        """The dmesg zone of that index."""
+        offset, size, header_size = self._dmesg
+        return Zone(PstoreType.DMESG, index, offset + index * size, size, header_size)
+
+    def dmesg_zones(self) -> Iterator[Zone]:
+        return map(self.dmesg, range(self.dmesg_count))
+
+    def __len__(self) -> int:
+        return len(self.rings) + self.dmesg_count
+
+    @overload
+    def __getitem__(self, i: int) -> Zone: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Zone]: ...
+
+    def __getitem__(self, i: int | slice) -> Zone | list[Zone]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        at = i + len(self) if i < 0 else i
+        if not 0 <= at < len(self):
+            raise IndexError("zone index out of range")
+        return self.rings[at] if at < len(self.rings) else self.dmesg(at - len(self.rings))
+
+    def __iter__(self) -> Iterator[Zone]:
+        yield from self.rings
+        yield from self.dmesg_zones()
 
 
 def kib_to_bytes(name: str, kib: int) -> int:
@@ -82,7 +124,7 @@ class Geometry:
             opts.append(f"format={self.format.value}")
         return ",".join(opts)
 
-    def zones(self, source_size: int) -> list[Zone]:
+    def zones(self, source_size: int) -> ZoneList:
         """Every zone, in the kernel's order: pmsg, console, ftrace per CPU, dmesg.
 
         Raises GeometryError where the kernel's `register_pstore_zone` would refuse.
@@ -121,12 +163,10 @@ class Geometry:
             if count == 0:
                 raise GeometryError(f"kmsg_size={self.kmsg_size // 1024} KiB: no dmesg zone "
                                     f"fits in the {total} bytes of the source")
-            for index in range(count):
-                zones.append(Zone(PstoreType.DMESG, index, offset, self.kmsg_size))
-                offset += self.kmsg_size
-        return zones
+            return ZoneList(zones, offset, self.kmsg_size, count)
+        return ZoneList(zones, offset, 0, 0)
 
-    def _blkoops_zones(self, source_size: int) -> list[Zone]:
+    def _blkoops_zones(self, source_size: int) -> ZoneList:
         """`blkz_cut_zones` of the RFC: dmesg zones from offset 0 over the whole partition."""
         if self.pmsg_size or self.console_size or self.ftrace_size:
             raise GeometryError("the blkoops format has dmesg zones only: pmsg_size, "
@@ -134,9 +174,8 @@ class Geometry:
         if self.kmsg_size <= 0 or self.kmsg_size > source_size:
             raise GeometryError(f"kmsg_size={self.kmsg_size // 1024} KiB: no dmesg zone fits "
                                 f"in the {source_size} bytes of the source")
-        header = ZoneFormat.BLKOOPS.header_size
-        return [Zone(PstoreType.DMESG, index, index * self.kmsg_size, self.kmsg_size, header)
-                for index in range(source_size // self.kmsg_size)]
+        return ZoneList([], 0, self.kmsg_size, source_size // self.kmsg_size,
+                        ZoneFormat.BLKOOPS.header_size)
 
     @staticmethod
     def _check_room(ptype: PstoreType, offset: int, size: int, total: int) -> None:

@@ -555,15 +555,19 @@ class RamoopsStore(Store):
             known = self._entries[record]
         return known
 
+    def cached_entry(self, record: Record) -> Entry | None:
+        return self._entries.get(record)
+
     def find(self, name: str) -> Record | None:
-        """Only the record the name points at is decoded."""
         prefix, _, rest = name.partition(f"-{self.name}-")
         index = rest.removesuffix(".enc.z")
         for record in self._records:
             if record.type.file_prefix == prefix and str(record.id) == index:
-                if not record.compressed:
-                    return record if name == f"{prefix}-{self.name}-{index}" else None
-                return record if self.entry(record).name == name else None
+                known = self.cached_entry(record)
+                if known is not None:
+                    return record if known.name == name else None
+                plain = name == f"{prefix}-{self.name}-{index}"
+                return record if plain or record.compressed else None
         return None
 
     def read(self, record: Record) -> bytes:

@@ -3,11 +3,14 @@ them when asked, erase them as zone.c does."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import struct
 import threading
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, overload
 
 from pstorefs.errors import DeviceError, ReadOnlyError, ZoneChangedError
 from pstorefs.format.abi import ABIS, Abi, resolve_abi
@@ -35,11 +38,11 @@ from pstorefs.format.zone import (
 from pstorefs.store.base import Entry, Record, Store
 from pstorefs.store.cache import BodyCache
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.decompress import decompress
+from pstorefs.store.decompress import CODECS, decompress
 from pstorefs.store.detect import Detection, detect, uncap, zone_format_at_start
 from pstorefs.store.device import SECTOR_SIZE, Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
-from pstorefs.store.geometry import Geometry, Zone
+from pstorefs.store.geometry import Geometry, Zone, ZoneList
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,20 @@ _FILL = b"\x00\xff"
 """What a zone holds where nothing was written: zeros of a fresh partition, or the 0xFF
 zone.c fills its buffers with before flushing them whole."""
 
-DEFAULT_CACHE_BUDGET = 16 << 20
+DEFAULT_CACHE_BUDGET = 2 << 20
+"""Decoded bodies kept for the next `entry`, `read` or `attributes` of the same record
+(a lookup, then its open): a few at a time is enough, as an open file keeps its body
+until released and the kernel's page cache keeps what was read (`keep_cache`)."""
+
+_READ_RETRIES = 8
+"""How often a read is tried again when erases keep writing while it runs."""
+
+_UNDECODABLE = "undecodable"
+"""`_kmsg_body`'s compressor for a compressed record nothing decodes (`.enc.z`)."""
+
+_CODEC_CODES: dict[str | None, int] = {
+    None: 0, **{name: 1 + i for i, name in enumerate(CODECS)}, _UNDECODABLE: 255}
+"""A record's compressor as `ZoneStore._codes` keeps it, a byte each."""
 
 OPTIONS = frozenset({"kmsg_size", "pmsg_size", "console_size", "ftrace_size", "nr_cpus",
                      "abi", "format", "erasesize", "system_map", "show_erased"})
@@ -111,10 +127,12 @@ class ZoneStore(Store):
         self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
         self._lock = threading.Lock()
+        self._erases = 0
+        """Erases begun and ended: odd while one writes (a seqlock, see `_body`)."""
         self._cache = BodyCache(cache_budget)
-        self._entries: dict[Record, Entry] = {}
-        self._codecs: dict[Record, str] = {}
-        probes = self._read_headers()
+        probes = _Probes(self.zones, {zone: raw for zone in self.zones.rings
+                          if (raw := self._probe(zone)) is not None},
+                         [self._probe(zone) for zone in self.zones.dmesg_zones()])
         self._order = abi if abi else _order_abi(self._little_endian(probes))
         if abi is None:
             abi, note = self._detect_abi(probes)
@@ -122,8 +140,16 @@ class ZoneStore(Store):
                 log.debug("%s: %s", device.path, note)
                 self.assumed += (note,)
         self.abi = abi
+        self._kmsg_size = abi.kmsg_header_size
         self._records = self._recover(probes)
         self._erased = self._recover_erased(probes) if show_erased else []
+        self._erased_slots = {record: len(self._records) + i
+                              for i, record in enumerate(self._erased)}
+        slots = len(self._records) + len(self._erased)
+        self._sizes = array("q", [-1]) * slots
+        """Each record's file size once decoded (-1 before), by slot (`_slot`)."""
+        self._codes = bytearray(slots)
+        """Each record's compressor once decoded (`_CODEC_CODES`)."""
 
     @property
     def erased(self) -> Sequence[Record]:
@@ -157,41 +183,39 @@ class ZoneStore(Store):
                 f"{len(self._records)} records")
 
     # -- listing ----------------------------------------------------------------
-    def _read_headers(self) -> dict[Zone, bytes]:
-        """Each zone's header bytes; a zone whose header cannot be read is skipped."""
-        probes: dict[Zone, bytes] = {}
-        for zone in self.zones:
-            length = _KMSG_PROBE if zone.type is PstoreType.DMESG else PSZ_BUFFER_SIZE
-            try:
-                probes[zone] = self.device.read(zone.offset, min(length, zone.size))
-            except DeviceError as exc:
-                log.error("%s zone %d at %#x: %s: skipped", zone.type.file_prefix,
-                          zone.index, zone.offset, exc)
-        return probes
+    def _probe(self, zone: Zone) -> bytes | None:
+        """The zone's header bytes (and a dmesg zone's dmesg header), or None if they
+        cannot be read: that zone is skipped."""
+        length = _KMSG_PROBE if zone.type is PstoreType.DMESG else PSZ_BUFFER_SIZE
+        try:
+            return self.device.read(zone.offset, min(length, zone.size))
+        except DeviceError as exc:
+            log.error("%s zone %d at %#x: %s: skipped", zone.type.file_prefix,
+                      zone.index, zone.offset, exc)
+            return None
 
     @staticmethod
-    def _little_endian(probes: dict[Zone, bytes]) -> bool:
+    def _little_endian(probes: _Probes) -> bool:
         """The writer's byte order, from the signatures at the zone starts (all zone.c
         structs are host-endian, the zone header included)."""
-        big = sum(raw[:4] == zone_sig(zone.type).to_bytes(4, "big")
-                  for zone, raw in probes.items())
-        little = sum(raw[:4] == zone_sig(zone.type).to_bytes(4, "little")
-                     for zone, raw in probes.items())
-        return big <= little
+        def signatures(order: Literal["little", "big"]) -> int:
+            dmesg = zone_sig(PstoreType.DMESG).to_bytes(4, order)
+            return (sum(raw[:4] == dmesg for raw in probes.dmesg if raw)
+                    + sum(raw[:4] == zone_sig(zone.type).to_bytes(4, order)
+                          for zone, raw in probes.rings.items()))
 
-    def _detect_abi(self, probes: dict[Zone, bytes]) -> tuple[Abi, str | None]:
+        return signatures("big") <= signatures("little")
+
+    def _detect_abi(self, probes: _Probes) -> tuple[Abi, str | None]:
         """The writer's ABI, from its dmesg headers and ftrace records."""
-        kmsg_headers = []
-        for zone, raw in probes.items():
-            if zone.type is not PstoreType.DMESG:
-                continue
-            header = self._header(zone, raw)
-            if (header.sig == zone_sig(PstoreType.DMESG)
-                    and 0 < header.datalen <= zone.buffer_size):
-                kmsg_headers.append(raw[zone.header_size:])
-        ftrace_zones = [self._ring_data(zone, self._header(zone, probes[zone]))
-                        for zone in self.zones if zone.type is PstoreType.FTRACE
-                        and zone in probes]
+        first = self.zones.dmesg(0)  # every dmesg zone has its header size and room
+        kmsg_headers = [raw[first.header_size:] for _, sig, datalen, _, raw
+                        in probes.dmesg_fields(self._order, first.header_size)
+                        if sig == zone_sig(PstoreType.DMESG)
+                        and 0 < datalen <= first.buffer_size]
+        ftrace_zones = [self._ring_data(zone, self._header(zone, raw))
+                        for zone, raw in probes.rings.items()
+                        if zone.type is PstoreType.FTRACE]
         return detect_abi(little_endian=self._order.little_endian, kmsg_headers=kmsg_headers,
                           ftrace_zones=[data for data in ftrace_zones if data])
 
@@ -206,26 +230,37 @@ class ZoneStore(Store):
             return None
         return ring_unwrap(data, header)
 
-    def _recover(self, probes: dict[Zone, bytes]) -> list[Record]:
+    def _recover(self, probes: _Probes) -> _Listing:
         """The records, as `psz_recovery` + `psz_pstore_read` find them."""
-        records: list[Record] = []
-        for zone in self.zones:
-            if zone.type is PstoreType.DMESG and zone in probes:
-                if (self.geometry.format is ZoneFormat.BLKOOPS
-                        and self._header(zone, probes[zone]).sig != zone_sig(zone.type)):
-                    break  # blkz_recover_dmesg_meta: zones are used in order, none after
-                record = self._kmsg_record(zone, probes[zone])
-                if record:
-                    records.append(record)
+        first = self.zones.dmesg(0)  # every dmesg zone has its header size and room
+        width = first.header_size + self._kmsg_size
+        ids, heads = array("q"), bytearray()
+        for index, sig, datalen, magic, raw in probes.dmesg_fields(self._order,
+                                                                   first.header_size):
+            if (self.geometry.format is ZoneFormat.BLKOOPS
+                    and sig != zone_sig(PstoreType.DMESG)):
+                break  # blkz_recover_dmesg_meta: zones are used in order, none after
+            if kmsg_zone_ok(ZoneHeader(sig, datalen, 0), magic, self.abi, first.buffer_size):
+                ids.append(index)
+                heads += raw[:width]
+        rings = []
         for ptype in _RING_TYPES:
-            zones = [z for z in self.zones if z.type is ptype and z in probes
-                     and ring_zone_ok(self._header(z, probes[z]), ptype, z.buffer_size)]
+            zones = [z for z, raw in probes.rings.items() if z.type is ptype
+                     and ring_zone_ok(self._header(z, raw), ptype, z.buffer_size)]
             if zones:
-                records.append(Record(ptype, 0, tuple(zones),
-                                      snapshot=tuple(probes[z] for z in zones)))
-        return records
+                rings.append(Record(ptype, 0, tuple(zones),
+                                    snapshot=tuple(probes.rings[z] for z in zones)))
+        return _Listing(self._dmesg_record, ids, bytes(heads), width, rings)
 
-    def _recover_erased(self, probes: dict[Zone, bytes]) -> list[Record]:
+    def _dmesg_record(self, index: int, head: bytes) -> Record:
+        """A live dmesg record, from its zone index and the header bytes listed."""
+        zone = self.zones.dmesg(index)
+        kmsg = self._kmsg_header(zone, head)
+        return Record(PstoreType.DMESG, index, (zone,), time_ns=kmsg.time_ns,
+                      compressed=kmsg.compressed, reason=kmsg.reason, counter=kmsg.counter,
+                      snapshot=(head,))
+
+    def _recover_erased(self, probes: _Probes) -> list[Record]:
         """Zones `rm` erased (`datalen` 0, the signature kept) whose bytes remain: a
         dmesg zone with its dmesg header intact, a ring zone with data after the header.
         Each CPU's ftrace zone is its own record here, as their order is lost.
@@ -259,48 +294,67 @@ class ZoneStore(Store):
         return parse_kmsg_header(self.abi, raw[zone.header_size:],
                                  zone.offset + zone.header_size)
 
-    def _kmsg_record(self, zone: Zone, raw: bytes) -> Record | None:
-        header = self._header(zone, raw)
-        kmsg = self._kmsg_header(zone, raw)
-        if not kmsg_zone_ok(header, kmsg, self.abi, zone.buffer_size):
-            return None
-        return Record(PstoreType.DMESG, zone.index, (zone,), time_ns=kmsg.time_ns,
-                      compressed=kmsg.compressed, reason=kmsg.reason, counter=kmsg.counter,
-                      snapshot=(raw[:zone.header_size + self.abi.kmsg_header_size],))
-
     # -- files --------------------------------------------------------------------
     def entry(self, record: Record) -> Entry:
-        known = self._entries.get(record)
+        slot = self._slot(record)
+        known = self._entry_at(record, slot)
         if known is None:
-            self._body(record)
-            known = self._entries[record]
+            body = self._body(record, slot)
+            known = self._entry_at(record, slot) or Entry(self._file_name(record), len(body),
+                                                          record.time_ns)  # not ours
         return known
 
     def cached_entry(self, record: Record) -> Entry | None:
-        return self._entries.get(record)
+        return self._entry_at(record, self._slot(record))
+
+    def _entry_at(self, record: Record, slot: int | None) -> Entry | None:
+        if slot is None or self._sizes[slot] < 0:
+            return None
+        undecodable = self._codes[slot] == _CODEC_CODES[_UNDECODABLE]
+        return Entry(self._file_name(record, undecodable=undecodable),
+                     self._sizes[slot], record.time_ns)
+
+    def _file_name(self, record: Record, *, undecodable: bool = False) -> str:
+        name = f"{record.type.file_prefix}-{self.name}-{record.id}"
+        return name + ".enc.z" if undecodable else name
+
+    def _slot(self, record: Record) -> int | None:
+        """Where what decoding learnt of `record` is kept: its place in `records`,
+        then in `erased`; None for a record not of this store."""
+        if record.erased:
+            return self._erased_slots.get(record)
+        return self._records.position(record)
+
+    def _codec(self, record: Record) -> str | None:
+        """The compressor that decoded `record`, None if none did (or not yet)."""
+        slot = self._slot(record)
+        code = self._codes[slot] if slot is not None else 0
+        return CODECS[code - 1] if 0 < code <= len(CODECS) else None
 
     def find(self, name: str) -> Record | None:
-        """The record called `name`, reading the device only to tell whether an
-        undecoded compressed record is `.enc.z` when that is the name asked for (a
-        lookup must not wait on the device: see fs.Operations._attrs)."""
         prefix, _, rest = name.partition(f"-{self.name}-")
         index = rest.removesuffix(".enc.z")
-        for record in self._records:
-            if record.type.file_prefix == prefix and str(record.id) == index:
-                plain = name == f"{prefix}-{self.name}-{index}"
-                known = self._entries.get(record)
-                if known is not None:
-                    return record if known.name == name else None
-                if not record.compressed or plain:
-                    return record if plain else None
-                return record if self.entry(record).name == name else None
-        return None
+        if not (index.isascii() and index.isdecimal()) or str(int(index)) != index:
+            return None
+        record = self._records.by_id(prefix, int(index))
+        if record is None:
+            return None
+        known = self.cached_entry(record)
+        if known is not None:
+            return record if known.name == name else None
+        return record if name == self._file_name(record) or record.compressed else None
 
     def read(self, record: Record) -> bytes:
-        return self._body(record)
+        return self._body(record, self._slot(record))
+
+    def cached_read(self, record: Record) -> bytes | None:
+        return self._cache.get(self._slot(record))
 
     def attributes(self, record: Record) -> dict[str, str]:
-        """What the headers know and the kernel's files do not show."""
+        """What the headers know and the kernel's files do not show. The body is read
+        only where the headers leave the reason's name open (4: Restart before 5.8,
+        Shutdown after, as the record's text says) or a compressed record was never
+        decoded (its compressor)."""
         zone = record.zones[0]
         attrs = {
             "zone_offset": ",".join(str(z.offset) for z in record.zones),
@@ -311,13 +365,15 @@ class ZoneStore(Store):
         if record.time_ns is not None:
             attrs["time_ns"] = str(record.time_ns)
         if record.reason is not None:
-            body = self._body(record)
-            attrs["reason"] = reason_name(record.reason, self._dump_text(record, body))
+            text = b""
+            if record.reason == 4 or (record.compressed and self.cached_entry(record) is None):
+                text = self._dump_text(record, self.read(record))
+            attrs["reason"] = reason_name(record.reason, text)
             attrs["reason_code"] = str(record.reason)
             attrs["counter"] = str(record.counter)
             attrs["compressed"] = "1" if record.compressed else "0"
             if record.compressed:
-                attrs["compressor"] = self._codecs.get(record, "unknown")
+                attrs["compressor"] = self._codec(record) or "unknown"
         if record.erased:
             attrs["erased"] = "1"
         return attrs
@@ -326,30 +382,47 @@ class ZoneStore(Store):
         """The record's own text (platform.c's dump header first), without the
         "Total N times" line zone.c prepends to an uncompressed one."""
         if record.compressed:
-            return body if record in self._codecs else b""
+            return body if self._codec(record) else b""
         return body.partition(b"\n")[2]
 
-    def _body(self, record: Record) -> bytes:
-        body = self._cache.get(record)
+    def _body(self, record: Record, slot: int | None) -> bytes:
+        """The record's file, `slot` its `_slot`. Decoded again if an erase wrote while
+        it was read: on flash an erase rewrites its whole erase block, the zones it
+        shares with this one included (`erase_keeping`)."""
+        body = self._cache.get(slot)
         if body is not None:
             return body
-        if record.type is PstoreType.DMESG:
-            body, undecodable = self._kmsg_body(record)
-        elif record.type is PstoreType.FTRACE:
-            body, undecodable = self._ftrace_text(record), False
+        for _ in range(_READ_RETRIES):
+            erases = self._erases
+            if erases % 2:  # an erase is writing: wait for it to end
+                with self._lock:
+                    continue
+            body, codec = self._decode(record)
+            if self._erases == erases:
+                break
         else:
-            body, undecodable = self._ring_body(record), False
-        name = f"{record.type.file_prefix}-{self.name}-{record.id}"
-        self._entries[record] = Entry(name + (".enc.z" if undecodable else ""), len(body),
-                                      record.time_ns)
-        self._cache.put(record, body)
+            raise ZoneChangedError(f"{self.device.path}: {self._file_name(record)}: erases "
+                                   "kept changing the device while it was read")
+        if slot is not None:  # kept by slot: a small int, not the record's objects
+            self._codes[slot] = _CODEC_CODES.get(codec, 0)
+            self._sizes[slot] = len(body)
+            self._cache.put(slot, body)
         return body
 
-    def _kmsg_body(self, record: Record) -> tuple[bytes, bool]:
-        """The file of a dmesg record, and whether it stays compressed (`.enc.z`)."""
+    def _decode(self, record: Record) -> tuple[bytes, str | None]:
+        """The record's file and its compressor (see `_kmsg_body`)."""
+        if record.type is PstoreType.DMESG:
+            return self._kmsg_body(record)
+        if record.type is PstoreType.FTRACE:
+            return self._ftrace_text(record), None
+        return self._ring_body(record), None
+
+    def _kmsg_body(self, record: Record) -> tuple[bytes, str | None]:
+        """The file of a dmesg record, and the compressor that decoded it: None for an
+        uncompressed record, `_UNDECODABLE` for one that stays compressed (`.enc.z`)."""
         zone, = record.zones
         raw = record.snapshot[0]
-        hlen = self.abi.kmsg_header_size
+        hlen = self._kmsg_size
         start = zone.offset + zone.header_size + hlen
         if record.erased:
             payload = self.device.read(start, zone.buffer_size - hlen).rstrip(b"\0")
@@ -357,20 +430,19 @@ class ZoneStore(Store):
             payload = self.device.read(start, self._header(zone, raw).datalen - hlen)
         if not record.compressed:
             return kmsg_prefix(self._kmsg_header(zone, raw), self.geometry.format,
-                               payload) + payload, False
+                               payload) + payload, None
         limit = self._decompressed_limit(zone)
         decoded = (decompress(payload, limit) if not record.erased
                    else _decompress_trimmed(payload, limit))
         if decoded is None:
             log.warning("%s: dmesg zone %d: compressed record does not decompress: shown "
                         "raw as .enc.z", self.device.path, zone.index)
-            return payload, True
-        text, self._codecs[record] = decoded
-        return text, False
+            return payload, _UNDECODABLE
+        return decoded
 
     def _decompressed_limit(self, zone: Zone) -> int:
         """Linux 6.6+ inflates into 3 times the record buffer (`psinfo->bufsize`)."""
-        return 3 * (zone.buffer_size - self.abi.kmsg_header_size)
+        return 3 * (zone.buffer_size - self._kmsg_size)
 
     def _ring_body(self, record: Record) -> bytes:
         zone, = record.zones
@@ -428,15 +500,19 @@ class ZoneStore(Store):
                     raise ZoneChangedError(
                         f"{self.device.path}: {zone.type.file_prefix} zone {zone.index} at "
                         f"{zone.offset:#x} changed since it was listed: nothing written")
-            for zone in record.zones:
-                if self.erasesize:  # mtdpstore: the zone's erase block, as mtd_erase
-                    erase_keeping(self.device, zone.offset, zone.size, self.erasesize)
-                else:
-                    self._erase_zone(zone, ring=record.type is not PstoreType.DMESG)
-            self.device.sync()
-            self._cache.drop(record)
+            self._erases += 1  # odd while writing: see _body
+            try:
+                for zone in record.zones:
+                    if self.erasesize:  # mtdpstore: the zone's erase block, as mtd_erase
+                        erase_keeping(self.device, zone.offset, zone.size, self.erasesize)
+                    else:
+                        self._erase_zone(zone, ring=record.type is not PstoreType.DMESG)
+                self.device.sync()
+            finally:
+                self._erases += 1
+            self._cache.drop(self._slot(record))
         log.info("%s: erased %s (zone at %#x)", self.device.path,
-                 self._entries.get(record, Entry(record.type.file_prefix, 0, None)).name,
+                 known.name if (known := self.cached_entry(record)) else self._file_name(record),
                  record.zones[0].offset)
 
     def _partly_erased(self, snap: bytes) -> tuple[bytes, ...]:
@@ -479,3 +555,103 @@ def _decompress_trimmed(payload: bytes, limit: int) -> tuple[bytes, str] | None:
         if decoded is not None:
             return decoded
     return None
+
+
+@dataclasses.dataclass
+class _Probes:
+    """What opening read at each zone's start: the ring zones' by zone, the dmesg
+    zones' by index (None where unreadable). Kept only while the store opens."""
+
+    zones: ZoneList
+    rings: dict[Zone, bytes]
+    dmesg: list[bytes | None]
+
+    def dmesg_items(self) -> Iterator[tuple[Zone, bytes]]:
+        return ((self.zones.dmesg(index), raw) for index, raw in enumerate(self.dmesg)
+                if raw is not None)
+
+    def dmesg_fields(self, order: Abi, header_size: int
+                     ) -> Iterator[tuple[int, int, int, int, bytes]]:
+        """(zone index, `sig`, `datalen`, the dmesg header's `magic`, the bytes) of each
+        dmesg zone read, without a zone object or a header object each: `sig` and
+        `datalen` open the zone header of both formats, `magic` the dmesg header."""
+        fields = struct.Struct(f"{'<' if order.little_endian else '>'}Ii{header_size - 8}xI")
+        return ((index, *fields.unpack_from(raw), raw) for index, raw in enumerate(self.dmesg)
+                if raw is not None and len(raw) >= fields.size)
+
+    def items(self) -> Iterator[tuple[Zone, bytes]]:
+        yield from self.rings.items()
+        yield from self.dmesg_items()
+
+
+class _Listing(Sequence[Record]):
+    """The records found, in the kernel's read order: the live dmesg records, then the
+    ring records.
+
+    A 128 MiB partition lists 16,384 dmesg records. Each is kept as its zone index and
+    the header bytes listed (its `snapshot`, which erase compares): some 70 bytes, where
+    a record's objects take some 500. It is made again when asked for, equal to the one
+    made before, so it finds what was kept for it."""
+
+    def __init__(self, make: Callable[[int, bytes], Record], ids: array[int], heads: bytes,
+                 width: int, rings: list[Record]) -> None:
+        self._make = make
+        self._ids = ids
+        self._heads = heads
+        self._width = width
+        self._rings = rings
+
+    def __len__(self) -> int:
+        return len(self._ids) + len(self._rings)
+
+    @overload
+    def __getitem__(self, i: int) -> Record: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Record]: ...
+
+    def __getitem__(self, i: int | slice) -> Record | list[Record]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        at = i + len(self) if i < 0 else i
+        if not 0 <= at < len(self):
+            raise IndexError("record index out of range")
+        if at >= len(self._ids):
+            return self._rings[at - len(self._ids)]
+        return self._make(self._ids[at], self._head(at))
+
+    def __iter__(self) -> Iterator[Record]:
+        for at in range(len(self._ids)):
+            yield self._make(self._ids[at], self._head(at))
+        yield from self._rings
+
+    def __contains__(self, record: object) -> bool:
+        return isinstance(record, Record) and self.position(record) is not None
+
+    def index(self, record: object, start: int = 0, stop: int | None = None) -> int:
+        at = self.position(record) if isinstance(record, Record) else None
+        if at is None or not start <= at < (len(self) if stop is None else stop):
+            raise ValueError("not a record of this listing")
+        return at
+
+    def position(self, record: Record) -> int | None:
+        """Where `record` is in the listing, or None if it is not in it."""
+        if record.type is PstoreType.DMESG and not record.erased:
+            at = self._at_id(record.id)
+            return at if at is not None and record.snapshot == (self._head(at),) else None
+        return next((len(self._ids) + k for k, ring in enumerate(self._rings)
+                     if ring == record), None)
+
+    def by_id(self, prefix: str, record_id: int) -> Record | None:
+        """The record whose file name starts `<prefix>-<name>-<record_id>`."""
+        if prefix == PstoreType.DMESG.file_prefix:
+            at = self._at_id(record_id)
+            return None if at is None else self[at]
+        return next((ring for ring in self._rings
+                     if ring.type.file_prefix == prefix and ring.id == record_id), None)
+
+    def _at_id(self, zone_index: int) -> int | None:
+        at = bisect.bisect_left(self._ids, zone_index)
+        return at if at < len(self._ids) and self._ids[at] == zone_index else None
+
+    def _head(self, at: int) -> bytes:
+        return self._heads[at * self._width:(at + 1) * self._width]
