@@ -45,7 +45,7 @@ from pstorefs.store.device import Device
 UUID = 0x5EED0BC1
 DATA = CACHE_SIZE - BCON_LONG_HEADERSIZE
 """Console bytes one tile holds."""
-OTHER_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures-backends"
+OTHER_FIXTURES = FIXTURES.parent / "fixtures-backends"  # the copies in tests/data
 FOREIGN_IMAGES = sorted(FIXTURES.glob("*/*.bin")) + sorted(OTHER_FIXTURES.glob("*/image.bin"))
 
 
