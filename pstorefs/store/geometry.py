@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple, overload
+from typing import NamedTuple
 
 from pstorefs.errors import GeometryError
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, ZoneFormat
+from pstorefs.store.made import MadeOnAsking
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Zone(NamedTuple):
         return self.size - self.header_size
 
 
-class ZoneList(Sequence[Zone]):
+class ZoneList(MadeOnAsking[Zone]):
     """Every zone, in the kernel's order: the few of pmsg, console and ftrace as they
     are, then the dmesg zones, all of one size one after the other and as many as
     16,384 on a 128 MiB partition (more past the cap), each made when asked for."""
@@ -54,22 +55,8 @@ class ZoneList(Sequence[Zone]):
     def __len__(self) -> int:
         return len(self.rings) + self.dmesg_count
 
-    @overload
-    def __getitem__(self, i: int) -> Zone: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Zone]: ...
-
-    def __getitem__(self, i: int | slice) -> Zone | list[Zone]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        at = i + len(self) if i < 0 else i
-        if not 0 <= at < len(self):
-            raise IndexError("zone index out of range")
+    def _item(self, at: int) -> Zone:
         return self.rings[at] if at < len(self.rings) else self.dmesg(at - len(self.rings))
-
-    def __iter__(self) -> Iterator[Zone]:
-        yield from self.rings
-        yield from self.dmesg_zones()
 
 
 def kib_to_bytes(name: str, kib: int) -> int:

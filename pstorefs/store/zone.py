@@ -10,7 +10,7 @@ import struct
 import threading
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal, overload
+from typing import Literal
 
 from pstorefs.errors import DeviceError, ReadOnlyError, ZoneChangedError
 from pstorefs.format.abi import ABIS, Abi, resolve_abi
@@ -43,6 +43,7 @@ from pstorefs.store.detect import Detection, detect, uncap, zone_format_at_start
 from pstorefs.store.device import SECTOR_SIZE, Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
 from pstorefs.store.geometry import Geometry, Zone, ZoneList
+from pstorefs.store.made import MadeOnAsking
 
 log = logging.getLogger(__name__)
 
@@ -584,7 +585,7 @@ class _Probes:
         yield from self.dmesg_items()
 
 
-class _Listing(Sequence[Record]):
+class _Listing(MadeOnAsking[Record]):
     """The records found, in the kernel's read order: the live dmesg records, then the
     ring records.
 
@@ -604,25 +605,10 @@ class _Listing(Sequence[Record]):
     def __len__(self) -> int:
         return len(self._ids) + len(self._rings)
 
-    @overload
-    def __getitem__(self, i: int) -> Record: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Record]: ...
-
-    def __getitem__(self, i: int | slice) -> Record | list[Record]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        at = i + len(self) if i < 0 else i
-        if not 0 <= at < len(self):
-            raise IndexError("record index out of range")
+    def _item(self, at: int) -> Record:
         if at >= len(self._ids):
             return self._rings[at - len(self._ids)]
         return self._make(self._ids[at], self._head(at))
-
-    def __iter__(self) -> Iterator[Record]:
-        for at in range(len(self._ids)):
-            yield self._make(self._ids[at], self._head(at))
-        yield from self._rings
 
     def __contains__(self, record: object) -> bool:
         return isinstance(record, Record) and self.position(record) is not None
