@@ -191,13 +191,13 @@ class Operations(pyfuse3.Operations):
 
     async def _entry(self, inode: int) -> Entry:
         record = self._records[self._index(inode)]
-        known = self.store.cached_entry(record)
+        known = self.store.entry(record, wait=False)
         return known if known is not None else await self._call(self.store.entry, record)
 
     async def _entry_within(self, inode: int) -> Entry | None:
         """The entry, or None if the device does not give it within the patience."""
         record = self._records[self._index(inode)]
-        known = self.store.cached_entry(record)
+        known = self.store.entry(record, wait=False)
         if known is not None:
             return known
         with trio.move_on_after(DIRECTORY_PATIENCE):
@@ -215,7 +215,7 @@ class Operations(pyfuse3.Operations):
             return self._erased_dir
         if parent == pyfuse3.ROOT_INODE:
             try:
-                record = self.store.find(text)  # from the headers: never the device
+                record = self.store.locate(text)  # from the headers: never the device
             except Exception:  # a bug must not end the mount (see _call)
                 log.exception("internal error on %s", self.store.describe())
                 raise pyfuse3.FUSEError(errno.EIO) from None
@@ -317,7 +317,7 @@ class Operations(pyfuse3.Operations):
         for index in indexes:
             inode = pyfuse3.ROOT_INODE + 1 + index
             try:
-                entry = (self.store.cached_entry(self._records[index])
+                entry = (self.store.entry(self._records[index], wait=False)
                          if patience.cancelled_caught else await self._entry_within(inode))
                 stalled = stalled or entry is None
             except pyfuse3.FUSEError:
@@ -368,9 +368,9 @@ class Operations(pyfuse3.Operations):
         this is cancelled, the threads stop after the record each is on."""
         records = map(self._records.__getitem__, indexes)
         if bodies:
-            missing = [r for r in records if self.store.cached_read(r) is None]
+            missing = [r for r in records if self.store.read(r, wait=False) is None]
         else:
-            missing = [r for r in records if self.store.cached_entry(r) is None]
+            missing = [r for r in records if self.store.entry(r, wait=False) is None]
         decode = self.store.read if bodies else self.store.entry
         stop = threading.Event()
 
@@ -407,7 +407,7 @@ class Operations(pyfuse3.Operations):
                            min(index + READ_AHEAD + 1, self._live)):
             if ahead in self._listed:
                 batch.append(ahead)
-                entry = self.store.cached_entry(self._records[ahead])
+                entry = self.store.entry(self._records[ahead], wait=False)
                 size += entry.size if entry else 0
                 if size > READ_AHEAD_BYTES:
                     break
@@ -443,7 +443,7 @@ class Operations(pyfuse3.Operations):
             index = self._index(inode)
             self._read_ahead(index)
             record = self._records[index]
-            body = self.store.cached_read(record)
+            body = self.store.read(record, wait=False)
             if body is None:
                 body = await self._call(self.store.read, record)
             self._bodies.setdefault(inode, (body, 0))  # another open may have won the race
@@ -476,7 +476,7 @@ class Operations(pyfuse3.Operations):
         async with self._erase_lock:
             inode = await self._find(parent_inode, name)
             if (await self._entry(inode)).name != os.fsdecode(name):
-                raise pyfuse3.FUSEError(errno.ENOENT)  # see Store.find
+                raise pyfuse3.FUSEError(errno.ENOENT)  # located, not found: see Store.locate
             index = self._index(inode)
             await self._call(self.store.erase, self._records[index])
             self._listed.discard(index)

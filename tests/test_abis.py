@@ -49,7 +49,7 @@ from pstorefs.format.ftrace import FtraceRecord, parse_records, render_text
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.zone import kmsg_layout_fits, parse_kmsg_header
 from pstorefs.store import Store, StoreConfig, open_store
-from pstorefs.store.zone import ZoneStore
+from pstorefs.store.zone.store import ZoneStore
 
 KIB = 1024
 

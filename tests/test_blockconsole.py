@@ -27,7 +27,13 @@ from blockconsole_writer import (
 )
 from conftest import FIXTURES, VENV_BIN, mounted, sha256
 
-from pstorefs.errors import FormatError, GeometryError, PstoreError, ReadOnlyError
+from pstorefs.errors import (
+    EraseUnsupportedError,
+    FormatError,
+    GeometryError,
+    PstoreError,
+    ReadOnlyError,
+)
 from pstorefs.format.blockconsole import (
     TileHeader,
     find_end_of_log,
@@ -38,8 +44,8 @@ from pstorefs.format.blockconsole import (
     tile_text,
 )
 from pstorefs.store import Store, StoreConfig, open_store
-from pstorefs.store import blockconsole as store_module
-from pstorefs.store.blockconsole import BlockConsoleStore, EraseUnsupportedError, recognizes
+from pstorefs.store.blockconsole import BlockConsoleStore, recognizes
+from pstorefs.store.blockconsole import store as store_module
 from pstorefs.store.device import Device
 
 UUID = 0x5EED0BC1
@@ -355,7 +361,7 @@ def test_newest_tiles_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     img = save(disk, tmp_path / "bcon.img")
     assert shown(img) == con.text[con.starts[2]:]
     with closing(store(img)) as s:
-        assert s.layout()["assumed"] == ["only the newest 2 of 4 tiles are read"]
+        assert s.layout().as_dict()["assumed"] == ["only the newest 2 of 4 tiles are read"]
     assert "only the newest 2 of 4 tiles are read" in caplog.text
 
 
@@ -366,7 +372,7 @@ def test_empty_logs(tmp_path: Path) -> None:
     img = save(disk, tmp_path / "attached.img")
     assert shown(img) == b""
     with closing(store(img)) as s:
-        assert s.layout()["records"] == 0
+        assert s.layout().as_dict()["records"] == 0
         assert s.find("console-blockconsole-0") is None
 
 
@@ -409,7 +415,7 @@ def test_detected_without_options(tmp_path: Path) -> None:
     Console(disk).printk(lines(0, 50))
     with closing(open_store(str(save(disk, tmp_path / "bcon.img")), StoreConfig())) as s:
         assert isinstance(s, BlockConsoleStore)
-        assert s.layout()["backend"] == "blockconsole"
+        assert s.layout().as_dict()["backend"] == "blockconsole"
 
 
 # -- hostile input ---------------------------------------------------------------------

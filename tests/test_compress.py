@@ -22,9 +22,10 @@ from conftest import case_by_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pstorefs.store import StoreConfig, open_store, sw842
-from pstorefs.store import decompress as decompress_module
-from pstorefs.store.decompress import CODECS, decompress
+from pstorefs.codecs import compression as decompress_module
+from pstorefs.codecs import sw842
+from pstorefs.codecs.compression import CODECS, decompress
+from pstorefs.store import StoreConfig, open_store
 
 try:
     from compression import zstd

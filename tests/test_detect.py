@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from writer import HEADER, Ring, ZoneWriter, deflate
 
+from pstorefs.store.zone.layout import geometry_from_options
 from pstorefs.cli.ctl import PROBE_FIELDS
 from pstorefs.errors import GeometryError, UsageError
 from pstorefs.format.abi import BE64, I386, X86_64, Abi, kmsg_header_struct
@@ -47,10 +48,10 @@ from pstorefs.format.consts import (
     ZoneFormat,
 )
 from pstorefs.store import Store, StoreConfig, open_store
-from pstorefs.store.detect import Detection, Hit, infer_layout, scan
 from pstorefs.store.device import Device
-from pstorefs.store.geometry import SZ_128M, Geometry
-from pstorefs.store.zone import find_layout
+from pstorefs.store.zone.detect import Detection, Hit, infer_layout, scan
+from pstorefs.store.zone.layout import SZ_128M, Geometry, geometry_from_options
+from pstorefs.store.zone.store import find_layout
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -154,7 +155,7 @@ class Layout:
                            nr_cpus=self.cpus, read_only=True, **kw)
 
     def geometry(self) -> Geometry:
-        return self.config().geometry()
+        return geometry_from_options(self.config())
 
 
 def check_detected(path: Path, lay: Layout, *, exact: bool, abi: str = "auto"
@@ -169,7 +170,7 @@ def check_detected(path: Path, lay: Layout, *, exact: bool, abi: str = "auto"
         assert geometry == lay.geometry(), assumed
     # what probe prints must pin that layout: sizes in whole KiB, as the kernel takes them
     pinned = options_config(geometry.mount_options(), abi=abi)
-    assert pinned.geometry() == dataclasses.replace(geometry, capped=True)
+    assert geometry_from_options(pinned) == dataclasses.replace(geometry, capped=True)
     assert opened(path, pinned)[0] == want
     assert sha(path) == before
     return got, geometry, assumed
@@ -229,7 +230,7 @@ def test_fixture_detected_as_with_the_options(case: Case, image: str) -> None:
     before = sha(path)
     got, geometry, _ = opened(path, detected_config(case))
     want, _, _ = opened(path, case_config(case))
-    assert geometry == case_config(case).geometry()
+    assert geometry == geometry_from_options(case_config(case))
     assert got == want
     if image == "image.bin":
         assert {name: body for name, (body, _) in got.items()} == case.files
@@ -247,7 +248,7 @@ def test_fixture_infer_layout(case: Case, image: str) -> None:
     assert [h.offset for h in hits] == sorted(h.offset for h in hits)
     found = infer_layout(hits, len(data))
     assert isinstance(found, Detection)
-    assert found.geometry == case_config(case).geometry()
+    assert found.geometry == geometry_from_options(case_config(case))
     if len([h for h in hits if h.type is PstoreType.DMESG]) >= 2:
         assert not any("kmsg_size" in note for note in found.assumed)
 
@@ -266,7 +267,7 @@ def test_fixture_erase_on_the_detected_layout(case: Case, tmp_path: Path) -> Non
             store.erase(record)
     assert path.read_bytes() == expected_after_erase(case)
     _, geometry, _ = opened(path, detected_config(case))
-    assert geometry == case_config(case).geometry()
+    assert geometry == geometry_from_options(case_config(case))
 
 
 def test_fixture_assumptions_are_said() -> None:
@@ -1008,7 +1009,7 @@ def test_probe_gives_options_that_list_the_same(case: Case) -> None:
     assert probe.returncode == 0, probe.stderr
     first = probe.stdout.splitlines()[0]
     assert first.startswith("pstore_blk.kmsg_size=")
-    assert first == case_config(case).geometry().kernel_parameters()
+    assert first == geometry_from_options(case_config(case)).kernel_parameters()
     result = ctl("probe", "--json", str(case.image))
     assert result.returncode == 0, result.stderr
     layout = json.loads(result.stdout)

@@ -151,7 +151,7 @@ def test_case_files_byte_identical(case: Case) -> None:
 def test_mtdoops_attributes_and_order() -> None:
     with store(MTDOOPS.image, MTDOOPS.options) as s:
         attrs = [s.attributes(r) for r in s.records]
-        layout = s.layout()
+        layout = s.layout().as_dict()
     assert attrs == [{"seq": str(f["seq"]), "zone_offset": str(i * PAGE),
                       "zone_size": str(PAGE), "time_ns": str(f["mtime_ns"])}
                      for i, f in enumerate(MTDOOPS.meta["files"])]
@@ -224,7 +224,7 @@ def test_not_recognized(page: bytes, tmp_path: Path) -> None:
 def test_auto_detects_mtdoops(tmp_path: Path) -> None:
     img = write(tmp_path, MTDOOPS.image.read_bytes())
     with store(img, f"erasesize={BLOCK}") as s:
-        assert s.layout()["backend"] == "mtdoops"
+        assert s.layout().as_dict()["backend"] == "mtdoops"
 
 
 # -- pages the case does not have -----------------------------------------------------------
@@ -256,7 +256,7 @@ def test_big_endian_writer(tmp_path: Path) -> None:
     with store(img, OPTS) as s:
         assert [s.attributes(r)["seq"] for r in s.records] == ["7", "8"]
         assert [s.entry(r).time_ns for r in s.records] == [T0, T0]
-        assert s.layout()["little_endian"] is False
+        assert s.layout().as_dict()["little_endian"] is False
 
 
 def test_name_option_and_find(tmp_path: Path) -> None:

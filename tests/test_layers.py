@@ -105,19 +105,34 @@ def allowed_in_format(module: str) -> bool:
     return top == "construct" or top in sys.stdlib_module_names or top == "__future__"
 
 
+CODEC_LIBRARIES = ("lz4", "lzo", "backports", "compression", "zstandard")
+
+
+def allowed_in_codecs(module: str) -> bool:
+    """Codecs are functions over bytes: the compression libraries, and the format's
+    constants (platform.c's dump header tells a right decoding)."""
+    top = module.split(".")[0]
+    if top == "pstorefs":
+        return module in ("pstorefs.errors", "pstorefs.format.consts") or module.startswith(
+            "pstorefs.codecs")
+    return top in (*CODEC_LIBRARIES, "__future__") or top in sys.stdlib_module_names
+
+
 def allowed_in_store(module: str) -> bool:
     top = module.split(".")[0]
     if top == "pstorefs":
         return module == "pstorefs.errors" or module.startswith(("pstorefs.format",
+                                                                 "pstorefs.codecs",
                                                                  "pstorefs.store"))
-    return (top in ("construct", "lz4", "lzo", "backports", "compression", "__future__")
+    return (top in ("construct", *CODEC_LIBRARIES, "__future__")
             or top in sys.stdlib_module_names)
 
 
 @pytest.mark.parametrize(("layer", "allowed"), [("format", allowed_in_format),
+                                                ("codecs", allowed_in_codecs),
                                                 ("store", allowed_in_store)])
 def test_layer_imports(layer: str, allowed: Callable[[str], bool]) -> None:
-    files = sorted((PACKAGE / layer).glob("*.py"))
+    files = sorted((PACKAGE / layer).rglob("*.py"))
     assert files
     bad = [f"{path.relative_to(ROOT)}:{line}: {module}"
            for path in files for module, line in imports_of(path)
@@ -130,4 +145,5 @@ def test_import_checker_catches_a_violation() -> None:
     assert not allowed_in_format("pstorefs.store")
     assert not allowed_in_store("trio")
     assert not allowed_in_store("pstorefs.fs")
+    assert not allowed_in_codecs("pstorefs.store") and not allowed_in_codecs("construct")
     assert allowed_in_format("pstorefs.format.abi") and allowed_in_store("zlib")

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pstorefs.cli.options import parse_options
+from pstorefs.codecs.reed_solomon import RsCodec, rs_codec
 from pstorefs.errors import GeometryError, PstoreError, ReadOnlyError, ZoneChangedError
 from pstorefs.format.consts import PstoreType
 from pstorefs.format.ramoops import (
@@ -33,7 +34,6 @@ from pstorefs.format.ramoops import (
     ecc_notice,
     parse_kmsg_hdr,
 )
-from pstorefs.format.reed_solomon import RsCodec, rs_codec
 from pstorefs.store import Store, StoreConfig, open_store
 from pstorefs.store import ramoops as ramoops_store
 from pstorefs.store.base import Entry
@@ -256,7 +256,7 @@ def test_attributes() -> None:
 
 def test_layout_and_probe() -> None:
     with closing(open_store(str(ALL_FRONTS.image), config(ALL_FRONTS))) as store:
-        layout = store.layout()
+        layout = store.layout().as_dict()
     assert layout["kernel_parameters"] == (
         "ramoops.mem_size=524288 ramoops.record_size=32768 ramoops.console_size=16384 "
         "ramoops.ftrace_size=32768 ramoops.pmsg_size=16384 ramoops.ecc=0 nr_cpus=1")
@@ -758,8 +758,8 @@ def test_layout_detected(case: Case, given: str) -> None:
     cfg = StoreConfig(backend="auto", system_map=config(case).system_map, **keep)
     with closing(open_store(str(case.image), cfg)) as store:
         assert files(store) == case.files
-        assert store.layout()["mount_options"].startswith(case.meta["mount_options"])
-        assert store.layout()["assumed"] == []
+        assert store.layout().as_dict()["mount_options"].startswith(case.meta["mount_options"])
+        assert store.layout().as_dict()["assumed"] == []
 
 
 def test_detects_cpus_ecc_and_a_console_after_the_dmesg_zones(tmp_path: Path) -> None:
@@ -794,8 +794,8 @@ def test_nothing_to_detect_falls_back_to_the_defaults(tmp_path: Path) -> None:
     path.write_bytes(bytes(65536))
     with closing(open_store(str(path), StoreConfig(backend="ramoops"))) as store:
         assert store.records == []
-        assert store.layout()["record_size"] == 4096
-        assert "defaults assumed" in store.layout()["assumed"][0]
+        assert store.layout().as_dict()["record_size"] == 4096
+        assert "defaults assumed" in store.layout().as_dict()["assumed"][0]
     assert path.read_bytes() == bytes(65536)
 
 
@@ -811,6 +811,6 @@ def test_big_endian_writer(tmp_path: Path) -> None:
     assert ramoops_store.recognizes(lambda o, n: image[o:o + n], len(image))
     with closing(open_store(str(path), StoreConfig(backend="auto"))) as store:
         assert files(store) == case.files
-        assert store.layout()["abi"] == "be64"
+        assert store.layout().as_dict()["abi"] == "be64"
         store.erase(store.records[0])
     assert path.read_bytes()[:12] == struct.pack(">III", PERSISTENT_RAM_SIG, 0, 0)

@@ -17,6 +17,8 @@ import pytest
 from conftest import CASES, ERASE_CASES, Case, case_by_id
 from writer import HEADER, Ring, ZoneWriter, deflate, kernel_sizes, layout
 
+from pstorefs.store.zone.layout import geometry_from_options
+from pstorefs.codecs.compression import decompress
 from pstorefs.errors import (
     GeometryError,
     PstoreError,
@@ -35,10 +37,9 @@ from pstorefs.format.zone import (
 )
 from pstorefs.store import Store, StoreConfig, open_store
 from pstorefs.store.cache import ITEM_OVERHEAD, BodyCache
-from pstorefs.store.decompress import decompress
 from pstorefs.store.device import Device
-from pstorefs.store.geometry import Geometry, kib_to_bytes
-from pstorefs.store.zone import ZoneStore
+from pstorefs.store.zone.layout import Geometry, geometry_from_options, kib_to_bytes
+from pstorefs.store.zone.store import ZoneStore
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -275,20 +276,23 @@ def test_find_unknown_names() -> None:
             assert store.find(name) is None, name
 
 
-def test_find_reads_nothing_and_the_entry_settles_enc_z() -> None:
-    """find answers from the headers alone: a compressed record not decoded yet is
-    found under its `.enc.z` name too, until decoding shows it has the plain one."""
+def test_locate_reads_nothing_and_find_is_exact() -> None:
+    """locate answers from the headers alone: a compressed record not decoded yet is
+    located under its `.enc.z` name too, until decoding shows it has the plain one.
+    find is exact: it decodes to know, and never answers the name the record lacks."""
     case = case_by_id("kmsg-deflate-3oops")
     with closing(open_store(str(case.image), config(case, read_only=True))) as store:
         reads = []
         real_read = store.device.read
         store.device.read = lambda *a: reads.append(a) or real_read(*a)
-        tentative = store.find("dmesg-pstore_blk-0.enc.z")
+        tentative = store.locate("dmesg-pstore_blk-0.enc.z")
         assert tentative is not None and tentative.compressed
-        assert store.find("dmesg-pstore_blk-0") == tentative
-        assert reads == [], "find read the device"
+        assert store.locate("dmesg-pstore_blk-0") == tentative
+        assert reads == [], "locate read the device"
+        assert store.find("dmesg-pstore_blk-1.enc.z") is None, "find is exact"
+        assert reads, "find decoded the record to know its name"
         assert store.entry(tentative).name == "dmesg-pstore_blk-0"
-        assert store.find("dmesg-pstore_blk-0.enc.z") is None, "decoded: the name is known"
+        assert store.locate("dmesg-pstore_blk-0.enc.z") is None, "decoded: the name is known"
         assert store.find("dmesg-pstore_blk-0") == tentative
 
 
@@ -403,7 +407,7 @@ def test_geometry_errors(tmp_path: Path, sizes: dict[str, int], source: int) -> 
 def test_kib_to_bytes_rounds_like_the_kernel(kib: int, nbytes: int) -> None:
     """blk.c `check_size`: ALIGN(kib, 4096) of the KiB number, in bytes."""
     assert kib_to_bytes("kmsg_size", kib) == nbytes
-    assert StoreConfig(kmsg_size=kib).geometry().kmsg_size == nbytes
+    assert geometry_from_options(StoreConfig(kmsg_size=kib)).kmsg_size == nbytes
 
 
 def test_source_errors(tmp_path: Path) -> None:
@@ -971,7 +975,7 @@ def test_store_cache_stays_within_budget(budget: int) -> None:
     with closing(store):
         for _ in range(2):
             assert listing(store) == case.files
-            cached = [store.cached_read(r) for r in store.records]
+            cached = [store.read(r, wait=False) for r in store.records]
             assert sum(len(b) for b in cached if b is not None) <= budget
         if budget >= sum(len(b) for b in case.files.values()):
             assert all(b is not None for b in cached)

@@ -41,8 +41,8 @@ from pstorefs.fs import Operations, Ownership
 from pstorefs.store import open_store
 from pstorefs.store.cache import ITEM_OVERHEAD
 from pstorefs.store.device import Device
-from pstorefs.store.geometry import Geometry
-from pstorefs.store.zone import ZoneStore
+from pstorefs.store.zone.layout import Geometry
+from pstorefs.store.zone.store import ZoneStore
 
 ROOT = pyfuse3.ROOT_INODE
 KMSG = case_by_id("kmsg-deflate-3oops")
@@ -726,15 +726,15 @@ async def test_lookups_in_listing_order_decode_ahead(open_ops) -> None:
     m = open_ops(KMSG)
     store = m.ops.store
     records = list(store.records)
-    assert all(store.cached_read(r) is None for r in records)
+    assert all(store.read(r, wait=False) is None for r in records)
     await m.ops.lookup(ROOT, b"dmesg-pstore_blk-0", CTX)
-    assert store.cached_read(records[2]) is None, "a single lookup is no order"
+    assert store.read(records[2], wait=False) is None, "a single lookup is no order"
     await m.ops.lookup(ROOT, b"dmesg-pstore_blk-1", CTX)
     for _ in range(1000):
-        if store.cached_read(records[2]) is not None:
+        if store.read(records[2], wait=False) is not None:
             break
         await trio.sleep(0.01)
-    assert store.cached_read(records[2]) == KMSG.files["dmesg-pstore_blk-2"]
+    assert store.read(records[2], wait=False) == KMSG.files["dmesg-pstore_blk-2"]
     assert m.image.read_bytes() == KMSG.image.read_bytes()
 
 
@@ -777,7 +777,7 @@ async def test_a_second_pass_in_order_reads_ahead_again(tmp_path: Path) -> None:
 
     async def decoded_ahead(at: int) -> bool:
         for _ in range(500):
-            if store.cached_read(records[at]) is not None:
+            if store.read(records[at], wait=False) is not None:
                 return True
             await trio.sleep(0.01)
         return False
@@ -786,7 +786,7 @@ async def test_a_second_pass_in_order_reads_ahead_again(tmp_path: Path) -> None:
         for n in range(64):
             await ops.lookup(ROOT, f"dmesg-pstore_blk-{n}".encode(), CTX)
         assert await decoded_ahead(63)
-        assert store.cached_read(records[20]) is None, "the cache holds every body"
+        assert store.read(records[20], wait=False) is None, "the cache holds every body"
         for n in range(10):
             await ops.lookup(ROOT, f"dmesg-pstore_blk-{n}".encode(), CTX)
             await trio.sleep(0.02)

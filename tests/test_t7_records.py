@@ -35,7 +35,7 @@ from writer import ZoneWriter, deflate
 from pstorefs.format.abi import ABIS, Abi, kmsg_header_struct
 from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PSZ_SIG, KmsgDumpReason, ZoneFormat
 from pstorefs.store import Store, StoreConfig, open_store
-from pstorefs.store.zone import ZoneStore
+from pstorefs.store.zone.store import ZoneStore
 
 KIB = 1024
 

@@ -84,7 +84,7 @@ def _record_json(store: Store, record: Record) -> dict[str, object]:
 
 
 def _probe(store: Store, source: str, as_json: bool) -> None:
-    layout = {"source": source, **store.layout()}
+    layout = {"source": source, **store.layout().as_dict()}
     if as_json:
         json.dump(layout, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -109,8 +109,6 @@ def _find(store: Store, name: str) -> Record:
                        if store.entry(r).name == name.removeprefix(ERASED_PREFIX)), None)
     else:
         record = store.find(name)
-        if record is not None and store.entry(record).name != name:
-            record = None  # a `.enc.z` name of a record that decodes (see Store.find)
     if record is None:
         raise PstoreError(f"{name}: no such record")
     return record

@@ -265,6 +265,23 @@ def ftrace_record_struct(abi: Abi) -> Struct:
     )
 
 
+def offsetof(definition: Struct, name: str) -> int:
+    """Where field `name` starts in a construct `Struct` of fixed-size members, as C's
+    `offsetof`: the one way code outside the definitions finds a field."""
+    at = 0
+    for member in definition.subcons:
+        if getattr(member, "name", None) == name:
+            return at
+        at += member.sizeof()
+    raise KeyError(f"no field {name!r} in {definition!r}")
+
+
+def field_span(definition: Struct, name: str) -> tuple[int, int]:
+    """(offset, size) of field `name` in a fixed-size construct `Struct`."""
+    member = next(m for m in definition.subcons if getattr(m, "name", None) == name)
+    return offsetof(definition, name), member.sizeof()
+
+
 def packed_format(definition: Struct) -> python_struct.Struct:
     """The layout of a construct `Struct` of fixed-size integers and padding, as a
     `struct.Struct` unpacking its fields in order.

@@ -1,5 +1,6 @@
 """Constants of the pstore ABI, with the kernel's names and values."""
 
+import re
 from enum import Enum, IntEnum
 
 PSZ_SIG = 0x43474244
@@ -109,3 +110,10 @@ def reason_name(reason: int, text: bytes = b"") -> str:
 def zone_sig(ptype: PstoreType) -> int:
     """The `sig` a zone of this type carries."""
     return PSZ_SIG ^ int(ptype)
+
+
+DUMP_HEADER = re.compile(
+    rb"(Oops|Panic|Emergency|Shutdown|Restart|Halt|Poweroff|Unknown)#(-?\d+) Part\d+\n")
+"""platform.c's first line of every dump, `"%s#%d Part%u\\n"`, with the reason names
+of every kernel era: the reason and counter (ramoops keeps them nowhere else), and
+what tells a compressor's output is the text it compressed."""

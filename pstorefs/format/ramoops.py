@@ -17,6 +17,7 @@ from typing import NamedTuple
 from construct import Int32ub, Int32ul, Struct
 
 from pstorefs.errors import GeometryError
+from pstorefs.format.abi import field_span
 from pstorefs.format.consts import PstoreType
 from pstorefs.format.zone import parse
 
@@ -64,19 +65,34 @@ class RamBuffer:
         return self.size <= buffer_size and self.start <= self.size
 
 
-_BUFFER = {True: Struct("sig" / Int32ul, "start" / Int32ul, "size" / Int32ul).compile(),
-           False: Struct("sig" / Int32ub, "start" / Int32ub, "size" / Int32ub).compile()}
+_BUFFER = {True: Struct("sig" / Int32ul, "start" / Int32ul, "size" / Int32ul),
+           False: Struct("sig" / Int32ub, "start" / Int32ub, "size" / Int32ub)}
+"""`struct persistent_ram_buffer` without `data[]`, in each byte order."""
+_BUFFER_COMPILED = {little: definition.compile() for little, definition in _BUFFER.items()}
+
+
+ZAPPED_FIELDS = ("size", "start")
+"""The header fields `persistent_ram_zap` zeroes, in the order pstorefs writes them:
+`size` first, so that a cut between the two leaves `start > size`, which the kernel
+never reads as a record."""
+
+
+def zap_writes(*, little_endian: bool) -> list[tuple[int, bytes]]:
+    """(offset in the zone, bytes) of each header write of `persistent_ram_zap`."""
+    definition = _BUFFER[little_endian]
+    return [(at, bytes(size)) for at, size in
+            (field_span(definition, name) for name in ZAPPED_FIELDS)]
 
 
 def parse_buffer(raw: bytes, offset: int, *, little_endian: bool) -> RamBuffer:
     """The zone header at the start of `raw` (read at device `offset`)."""
-    h = parse(_BUFFER[little_endian], raw[:PERSISTENT_RAM_BUFFER_SIZE], offset,
+    h = parse(_BUFFER_COMPILED[little_endian], raw[:PERSISTENT_RAM_BUFFER_SIZE], offset,
               "ramoops zone header")
     return RamBuffer(h.sig, h.start, h.size)
 
 
 def build_buffer(buffer: RamBuffer, *, little_endian: bool) -> bytes:
-    return _BUFFER[little_endian].build({"sig": buffer.sig, "start": buffer.start,
+    return _BUFFER_COMPILED[little_endian].build({"sig": buffer.sig, "start": buffer.start,
                                          "size": buffer.size})
 
 

@@ -10,7 +10,13 @@ from typing import NamedTuple
 from construct import ConstructError, Struct
 
 from pstorefs.errors import FormatError
-from pstorefs.format.abi import Abi, kmsg_header_format, zone_header_format
+from pstorefs.format.abi import (
+    Abi,
+    field_span,
+    kmsg_header_format,
+    zone_header_format,
+    zone_header_struct,
+)
 from pstorefs.format.consts import (
     BLKZ_BUFFER_SIZE,
     PSTORE_KMSG_HEADER_MAGIC,
@@ -81,6 +87,32 @@ def _unpack(fmt: python_struct.Struct, buf: bytes, offset: int, what: str) -> tu
     if len(buf) < fmt.size:
         raise FormatError(what, offset)
     return fmt.unpack_from(buf)
+
+
+ERASED_FIELDS = {True: ("datalen", "start"), False: ("datalen",)}
+"""The zone header fields zone.c's erase zeroes, in the order they are written, for a
+ring zone (`psz_record_erase`) and a dmesg zone (`psz_kmsg_erase`): `datalen` first,
+as a zone whose `datalen` is 0 is empty whatever else its header holds."""
+
+
+def erase_writes(abi: Abi, *, ring: bool) -> list[tuple[int, bytes]]:
+    """(offset in the zone, bytes) of each write of zone.c's erase, in order. The same
+    in the blkoops RFC's header, whose `datalen` sits where `psz_buffer`'s does."""
+    writes = []
+    for name in ERASED_FIELDS[ring]:
+        at, size = field_span(zone_header_struct(abi), name)
+        writes.append((at, bytes(size)))
+    return writes
+
+
+def erase_states(abi: Abi, header: bytes, *, ring: bool) -> list[bytes]:
+    """What a zone's header is after each write of its erase (`erase_writes`), the
+    last being the erased header: an erase cut part-way leaves one of these."""
+    head, states = bytearray(header), []
+    for at, data in erase_writes(abi, ring=ring):
+        head[at:at + len(data)] = data
+        states.append(bytes(head))
+    return states
 
 
 def ring_zone_ok(header: ZoneHeader, ptype: PstoreType, buffer_size: int) -> bool:

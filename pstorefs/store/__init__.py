@@ -1,8 +1,8 @@
 """The store layer: opens a source and recovers its records.  Plain synchronous
 Python, no FUSE: the mount and the offline tool are both built on `open_store`.
 
-Each back end is a module with `OPTIONS` (the StoreConfig fields it reads),
-`recognizes(read, size) -> bool` and `open_store(device, config, symbols) -> Store`;
+Each back end is a package (`zone`, `ramoops`, `mtdoops`, `blockconsole`) with
+`OPTIONS` (the StoreConfig fields it reads), `recognizes(read, size) -> bool` and `open_store(device, config, symbols) -> Store`;
 with `backend=auto` the first that recognizes the source is used, pstore/zone
 otherwise."""
 
@@ -13,12 +13,12 @@ import dataclasses
 from pstorefs.errors import PstoreError, UsageError
 from pstorefs.format.kallsyms import NO_SYMBOLS
 from pstorefs.store import blockconsole, mtdoops, ramoops, zone
-from pstorefs.store.base import Entry, Record, Store
+from pstorefs.store.base import Entry, Layout, Record, Store
 from pstorefs.store.config import BACKENDS, SIZE_OPTIONS, StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.symbols import load_system_map
 
-__all__ = ["BACKENDS", "SIZE_OPTIONS", "Entry", "Record", "Store", "StoreConfig",
+__all__ = ["BACKENDS", "SIZE_OPTIONS", "Entry", "Layout", "Record", "Store", "StoreConfig",
            "open_store"]
 
 _MODULES = {"zone": zone, "ramoops": ramoops, "mtdoops": mtdoops,
@@ -27,7 +27,7 @@ assert tuple(_MODULES) == BACKENDS
 
 _RECOGNIZED_FIRST = ("mtdoops", "blockconsole", "ramoops")
 """Asked in this order whether the source is theirs; pstore/zone is assumed otherwise
-(its detection is the scan of `pstorefs.store.detect`, which refuses what is not)."""
+(its detection is the scan of `pstorefs.store.zone.detect`, which refuses what is not)."""
 
 _EVERY_BACKEND = frozenset({"backend", "offset", "size", "name", "read_only"})
 

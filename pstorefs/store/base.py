@@ -1,15 +1,73 @@
-"""What every back end's store offers the layers above: records, their files, erase."""
+"""What every back end's store offers the layers above, and what the back ends share.
+
+The contract (`Store`), as the FUSE adapter and `pstorectl` use it:
+
+* `records` (and `erased`): what listing found, from the headers alone;
+* `entry(record)` and `read(record)`: the record's file, decoded on first asking and
+  kept within a fixed budget; with `wait=False` they answer only from what is known
+  already, never touching the device (`None` otherwise);
+* `locate(name)` finds from the headers alone the record that holds a file of that
+  name if the record decodes as its headers say; `find(name)` is exact;
+* `erase(record)` erases as the kernel would, durably, after checking the zones still
+  hold what was listed;
+* `layout()`, `describe()`, `attributes(record)`, `close()`.
+
+A back end implements only what differs: how to list (its constructor sets
+`_records`), `_decode` (a record's file), `_erase_zones` (the writes of its kernel's
+erase), and how to tell a zone is still as listed (`_unchanged`). The cache, the file
+names, the erase steps (lock, compare, write, sync, drop, log) and the retry of a read
+that an erase overlapped are written once, here.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from array import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, overload
 
-from pstorefs.format.consts import PstoreType
+from pstorefs.codecs.compression import CODECS
+from pstorefs.errors import ReadOnlyError, ZoneChangedError
+from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType
+from pstorefs.store.cache import BodyCache
 from pstorefs.store.device import Device
-from pstorefs.store.geometry import Zone
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_BUDGET = 2 << 20
+"""Decoded bodies kept for the next `entry`, `read` or `attributes` of the same record
+(a lookup, then its open): a few at a time is enough, as an open file keeps its body
+until released and the kernel's page cache keeps what was read (`keep_cache`)."""
+
+UNDECODABLE_SUFFIX = ".enc.z"
+"""The kernel's name suffix for a compressed record nothing decodes (inode.c)."""
+
+_READ_RETRIES = 8
+"""How often a read is tried again when erases keep writing while it runs."""
+
+_UNDECODABLE = 255
+_CODES: dict[str | None, int] = {None: 0, **{name: 1 + i for i, name in enumerate(CODECS)}}
+"""A decoded record's compressor as `Store._codes` keeps it, a byte each (0: none)."""
+
+
+class Zone(NamedTuple):
+    """One zone: its type, its index among the zones of that type, and its extent.
+    `header_size` bytes of header come first (`zone->buffer_size` is the rest). A named
+    tuple: a partition has thousands."""
+
+    type: PstoreType
+    index: int
+    offset: int
+    size: int
+    header_size: int = PSZ_BUFFER_SIZE
+
+    @property
+    def buffer_size(self) -> int:
+        """Bytes after the zone header (`zone->buffer_size`)."""
+        return self.size - self.header_size
 
 
 class Record(NamedTuple):
@@ -45,13 +103,93 @@ class Entry:
     time_ns: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A record's file as decoding gives it, and what decoding learnt on the way."""
+
+    body: bytes
+    compressor: str | None = None
+    """The compressor that decoded a compressed record."""
+    undecodable: bool = False
+    """A compressed record nothing decodes: shown raw, as `<name>.enc.z`."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The parameters a store reads its source with, and how they were found
+    (`pstorectl probe`). `parameters` are the back end's own, in its kernel's units
+    and names; `kernel_parameters` and `mount_options` give the same layout to the
+    kernel and to pstorefs."""
+
+    backend: str
+    format: str
+    abi: str
+    zones: int
+    records: int
+    kernel_parameters: str
+    mount_options: str
+    little_endian: bool | None = None
+    parameters: Mapping[str, object] = field(default_factory=dict)
+    assumed: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        """Flat, for JSON: the fields, with the back end's parameters among them."""
+        head: dict[str, object] = {"backend": self.backend, "format": self.format,
+                                   "abi": self.abi}
+        if self.little_endian is not None:
+            head["little_endian"] = self.little_endian
+        return {**head, **self.parameters, "zones": self.zones, "records": self.records,
+                "kernel_parameters": self.kernel_parameters,
+                "mount_options": self.mount_options, "assumed": list(self.assumed)}
+
+
+def file_name(ptype: PstoreType, backend_name: str, record_id: int, *,
+              undecodable: bool = False) -> str:
+    """The kernel's file name for a record (inode.c `pstore_mkfile`)."""
+    name = f"{ptype.file_prefix}-{backend_name}-{record_id}"
+    return name + UNDECODABLE_SUFFIX if undecodable else name
+
+
+def parse_file_name(name: str, backend_name: str) -> tuple[str, int] | None:
+    """The type prefix and record id a file name of `file_name`'s form carries."""
+    prefix, sep, rest = name.partition(f"-{backend_name}-")
+    index = rest.removesuffix(UNDECODABLE_SUFFIX)
+    if not sep or not (index.isascii() and index.isdecimal()) or str(int(index)) != index:
+        return None
+    return prefix, int(index)
+
+
 class Store(ABC):
     """A source opened by one back end. Thread-safe: the FUSE layer calls it from
-    worker threads."""
+    worker threads. See the module's docstring for the contract."""
 
     device: Device
+    name: str
+    """The back-end part of the file names (`name=`)."""
+
     _records: Sequence[Record]
 
+    def __init__(self, device: Device, name: str,
+                 cache_budget: int = DEFAULT_CACHE_BUDGET) -> None:
+        self.device = device
+        self.name = name
+        self._lock = threading.Lock()
+        self._erases = 0
+        """Erases begun and ended: odd while one writes (a seqlock, see `_decoded`)."""
+        self._cache = BodyCache(cache_budget)
+        self._sizes = array("q")
+        """Each record's file size once decoded (-1 before), by `_slot`."""
+        self._codes = bytearray()
+        """Each record's compressor once decoded (`_CODES`, `_UNDECODABLE`), by `_slot`."""
+        self._positions: dict[Record, int] | None = None
+        self._ids: dict[tuple[str, int], Record] | None = None
+
+    def _keep_slots(self, count: int) -> None:
+        """Room for what decoding learns of `count` records (see `_slot`)."""
+        self._sizes = array("q", [-1]) * count
+        self._codes = bytearray(count)
+
+    # -- what the layers above use --------------------------------------------------
     @property
     def read_only(self) -> bool:
         """Whether erasing is refused: the source could only be opened read-only."""
@@ -62,50 +200,164 @@ class Store(ABC):
         """Every record found, in the kernel's read order."""
         return self._records
 
-    @abstractmethod
-    def entry(self, record: Record) -> Entry:
-        """The file for `record`; may decode it (the name and size depend on that)."""
-
-    def cached_entry(self, record: Record) -> Entry | None:
-        """The file for `record` if it is known without reading the device."""
-        return None
-
-    @abstractmethod
-    def read(self, record: Record) -> bytes:
-        """The file's content: what `cat` shows."""
-
-    def cached_read(self, record: Record) -> bytes | None:
-        """The file's content if it is at hand without reading the device."""
-        return None
-
-    @abstractmethod
-    def attributes(self, record: Record) -> dict[str, str]:
-        """What the back end knows of `record` beyond its file (extended attributes)."""
-
     @property
     def erased(self) -> Sequence[Record]:
         """Erased records whose bytes survive, where the back end can recover them."""
         return ()
 
-    @abstractmethod
+    @overload
+    def entry(self, record: Record, *, wait: Literal[True] = ...) -> Entry: ...
+    @overload
+    def entry(self, record: Record, *, wait: bool) -> Entry | None: ...
+
+    def entry(self, record: Record, *, wait: bool = True) -> Entry | None:
+        """The file for `record` (decoding it if its name or size is not known yet);
+        with `wait=False`, None unless known without touching the device."""
+        slot = self._slot(record)
+        if slot is not None and self._sizes[slot] >= 0:
+            return Entry(self._file_name(record, self._codes[slot] == _UNDECODABLE),
+                         self._sizes[slot], record.time_ns)
+        if not wait:
+            return None
+        decoded = self._decoded(record, slot)
+        return Entry(self._file_name(record, decoded.undecodable), len(decoded.body),
+                     record.time_ns)
+
+    @overload
+    def read(self, record: Record, *, wait: Literal[True] = ...) -> bytes: ...
+    @overload
+    def read(self, record: Record, *, wait: bool) -> bytes | None: ...
+
+    def read(self, record: Record, *, wait: bool = True) -> bytes | None:
+        """The file's content, what `cat` shows; with `wait=False`, None unless it is
+        at hand without touching the device."""
+        slot = self._slot(record)
+        body = self._cache.get(slot) if slot is not None else None
+        if body is not None or not wait:
+            return body
+        return self._decoded(record, slot).body
+
+    def locate(self, name: str) -> Record | None:
+        """From the headers alone, never the device, so that a lookup is answered at
+        once: the record holding a file of that name, if it decodes as its headers
+        say. A compressed record not decoded yet is located under both the names it
+        may have; `find` is the exact answer."""
+        parsed = parse_file_name(name, self.name)
+        record = self._by_id(*parsed) if parsed else None
+        if record is None:
+            return None
+        known = self.entry(record, wait=False)
+        if known is not None:
+            return record if known.name == name else None
+        plain = file_name(record.type, self.name, record.id)
+        return record if name == plain or record.compressed else None
+
+    def find(self, name: str) -> Record | None:
+        """The record whose file is called `name`; may decode it to know."""
+        record = self.locate(name)
+        if record is None:
+            return None
+        known = self.entry(record)
+        return record if known is not None and known.name == name else None
+
+    def compressor(self, record: Record) -> str | None:
+        """The compressor that decoded `record`: None if none did, or not yet."""
+        slot = self._slot(record)
+        code = self._codes[slot] if slot is not None else 0
+        return CODECS[code - 1] if 0 < code <= len(CODECS) else None
+
     def erase(self, record: Record) -> None:
-        """Erase `record` on the device exactly as the kernel would, durably."""
-
-    @abstractmethod
-    def layout(self) -> dict[str, object]:
-        """The back end's parameters in use and how they were found (`pstorectl probe`)."""
-
-    @abstractmethod
-    def describe(self) -> str:
-        """One line naming the source and the layout in use, for logs."""
+        """Erase `record` on the device exactly as its kernel would, durably: only if
+        each of its zones still holds what was listed (else ZoneChangedError and
+        nothing written), then the back end's writes, then one sync before returning."""
+        if record.erased:
+            raise ReadOnlyError(f"{self.device.path}: an erased record cannot be erased")
+        with self._lock:
+            if self.device.read_only:
+                raise ReadOnlyError(f"{self.device.path}: mounted read-only")
+            for zone, snap in zip(record.zones, record.snapshot, strict=True):
+                if not self._unchanged(zone, snap):
+                    raise ZoneChangedError(
+                        f"{self.device.path}: {zone.type.file_prefix} zone {zone.index} at "
+                        f"{zone.offset:#x} changed since it was listed: nothing written")
+            self._erases += 1  # odd while writing: see _decoded
+            try:
+                self._erase_zones(record)
+                self.device.sync()
+            finally:
+                self._erases += 1
+            slot = self._slot(record)
+            if slot is not None:
+                self._cache.drop(slot)
+        known = self.entry(record, wait=False)
+        log.info("%s: erased %s (zone at %#x)", self.device.path,
+                 known.name if known else file_name(record.type, self.name, record.id),
+                 record.zones[0].offset)
 
     def close(self) -> None:
         """Release the source."""
         self.device.close()
 
     @abstractmethod
-    def find(self, name: str) -> Record | None:
-        """The record a file called `name` is, from what listing read: never the device,
-        so that a lookup is answered at once. A compressed record not decoded yet is
-        found under both the names it may have (shown as `.enc.z` if it does not
-        decode): who needs the exact name compares `entry(record).name`."""
+    def attributes(self, record: Record) -> dict[str, str]:
+        """What the back end knows of `record` beyond its file (extended attributes)."""
+
+    @abstractmethod
+    def layout(self) -> Layout:
+        """The back end's parameters in use and how they were found."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line naming the source and the layout in use, for logs."""
+
+    # -- what a back end implements ---------------------------------------------------
+    @abstractmethod
+    def _decode(self, record: Record) -> Decoded:
+        """The record's file, read from the device."""
+
+    @abstractmethod
+    def _erase_zones(self, record: Record) -> None:
+        """The writes of the kernel's erase of `record` (validated just before; the
+        sync follows)."""
+
+    def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
+        """Whether `zone` still holds what listing read there."""
+        return self.device.read(zone.offset, len(snapshot)) == snapshot
+
+    def _by_id(self, prefix: str, record_id: int) -> Record | None:
+        """The record whose file name is `<prefix>-<name>-<record_id>`."""
+        if self._ids is None:
+            self._ids = {(r.type.file_prefix, r.id): r for r in self._records}
+        return self._ids.get((prefix, record_id))
+
+    def _slot(self, record: Record) -> int | None:
+        """Where what decoding learnt of `record` is kept: its place in `records`;
+        None for a record not of this store."""
+        if self._positions is None:
+            self._positions = {r: at for at, r in enumerate(self._records)}
+        return self._positions.get(record)
+
+    def _file_name(self, record: Record, undecodable: bool = False) -> str:
+        return file_name(record.type, self.name, record.id, undecodable=undecodable)
+
+    def _decoded(self, record: Record, slot: int | None) -> Decoded:
+        """Decode `record` and keep what was learnt (`slot` its `_slot`). Decoded again
+        if an erase wrote while it was read: on flash an erase rewrites its whole erase
+        block, the zones it shares with this one included."""
+        for _ in range(_READ_RETRIES):
+            erases = self._erases
+            if erases % 2:  # an erase is writing: wait for it to end
+                with self._lock:
+                    continue
+            decoded = self._decode(record)
+            if self._erases == erases:
+                break
+        else:
+            raise ZoneChangedError(f"{self.device.path}: {self._file_name(record)}: erases "
+                                   "kept changing the device while it was read")
+        if slot is not None:  # kept by slot: a small int, not the record's objects
+            self._codes[slot] = (_UNDECODABLE if decoded.undecodable
+                                 else _CODES.get(decoded.compressor, 0))
+            self._sizes[slot] = len(decoded.body)
+            self._cache.put(slot, decoded.body)
+        return decoded

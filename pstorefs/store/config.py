@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pstorefs.format.consts import ZoneFormat
-from pstorefs.store.geometry import Geometry, kib_to_bytes
 
 SIZE_OPTIONS = ("kmsg_size", "pmsg_size", "console_size", "ftrace_size")
 """The pstore/blk layout options; with none of them given, the layout is detected."""
@@ -53,13 +52,3 @@ class StoreConfig:
 
     def name_or(self, default: str) -> str:
         return default if self.name is None else self.name
-
-    def geometry(self) -> Geometry:
-        """The pstore/zone layout the given options describe."""
-        return Geometry(kmsg_size=kib_to_bytes("kmsg_size", 64 if self.kmsg_size is None
-                                               else self.kmsg_size),
-                        pmsg_size=kib_to_bytes("pmsg_size", self.pmsg_size or 0),
-                        console_size=kib_to_bytes("console_size", self.console_size or 0),
-                        ftrace_size=kib_to_bytes("ftrace_size", self.ftrace_size or 0),
-                        nr_cpus=1 if self.nr_cpus is None else self.nr_cpus,
-                        format=self.zone_format or ZoneFormat.ZONE)

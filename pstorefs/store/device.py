@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import stat
@@ -194,6 +195,24 @@ class Device:
                               _io_errno(exc, read=False)) from None
         if written != len(data):
             raise DeviceError(f"{self.path}: short write at {offset:#x}")
+
+    def write_fields(self, offset: int, writes: list[tuple[int, bytes]]) -> None:
+        """The header writes of an erase, each `(offset from offset, bytes)`, in the
+        order given, so that a power cut leaves the header as it was or as one of the
+        prefixes of these writes. Where they are adjacent and all lie in one 512-byte
+        sector of the device (offsets counted from the device's start, not the
+        region's), they go in a single write, which a device commits whole; otherwise
+        each write is synced before the next. Not durable until `sync`."""
+        spans = sorted((self.base + offset + at, data) for at, data in writes)
+        first, last = spans[0][0], spans[-1][0] + len(spans[-1][1])
+        adjacent = all(a + len(d) == b for (a, d), (b, _) in itertools.pairwise(spans))
+        if adjacent and first // SECTOR_SIZE == (last - 1) // SECTOR_SIZE:
+            self.write(first - self.base, b"".join(data for _, data in spans))
+            return
+        for n, (at, data) in enumerate(writes):
+            if n:
+                self.sync()
+            self.write(offset + at, data)
 
     def sync(self) -> None:
         """Have every write so far on the device (fdatasync)."""

@@ -99,8 +99,8 @@ def erase_block_size(device: Device, given: int | None) -> int | None:
 
 
 def erase_keeping(device: Device, offset: int, length: int, erasesize: int) -> None:
-    """Erase `[offset, offset + length)` as flash does, durably (synced) before it
-    returns, and lose nothing else.
+    """Erase `[offset, offset + length)` as flash does, and lose nothing else; durable
+    once the caller syncs (`Store.erase` does).
 
     An image or a block device holding a flash dump takes any write: the range alone
     is written with 0xFF, which leaves the block as an erase of it followed by a
@@ -111,7 +111,6 @@ def erase_keeping(device: Device, offset: int, length: int, erasesize: int) -> N
     itself does the same without the write-back)."""
     if not device.is_mtd:
         device.write(offset, bytes([ERASED]) * length)
-        device.sync()
         return
     first = offset // erasesize * erasesize
     end = min(-(-(offset + length) // erasesize) * erasesize, device.size)
@@ -123,7 +122,6 @@ def erase_keeping(device: Device, offset: int, length: int, erasesize: int) -> N
     kept[offset - first:stop - first] = bytes([ERASED]) * (stop - offset)
     for start, run in _programmed_units(bytes(kept), unit):
         device.write(first + start, run)
-    device.sync()
 
 
 def _mtd_erase(device: Device, offset: int, length: int) -> None:

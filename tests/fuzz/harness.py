@@ -43,6 +43,7 @@ from pstorefs.format.abi import ABIS, kmsg_header_struct
 from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PSZ_SIG, PstoreType
 from pstorefs.store import StoreConfig, open_store
 from pstorefs.store.device import Device
+from pstorefs.store.zone.layout import geometry_from_options
 
 TESTS = Path(__file__).resolve().parent.parent
 FIXTURES = TESTS / "data" / "fixtures"
@@ -80,7 +81,7 @@ class FuzzCase:
 
     @functools.cached_property
     def zones(self) -> list:
-        return self.config.geometry().zones(len(self.image))
+        return geometry_from_options(self.config).zones(len(self.image))
 
 
 @functools.cache
@@ -464,7 +465,7 @@ def _layout_given(store: object, config: StoreConfig, size: int) -> bool:
     if not getattr(config, "layout_given", True):
         return False
     try:
-        return list(store.zones) == list(config.geometry().zones(size))  # type: ignore
+        return list(store.zones) == list(geometry_from_options(config).zones(size))  # type: ignore
     except Exception:
         return False
 

@@ -7,17 +7,18 @@ import bisect
 import dataclasses
 import logging
 import struct
-import threading
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
-from pstorefs.errors import DeviceError, ReadOnlyError, ZoneChangedError
+from pstorefs.codecs.compression import decompress
+from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi, resolve_abi
 from pstorefs.format.abi_detect import detect_abi
 from pstorefs.format.consts import (
     PSTORE_KMSG_HEADER_MAGIC,
     PSZ_BUFFER_SIZE,
+    KmsgDumpReason,
     PstoreType,
     ZoneFormat,
     reason_name,
@@ -28,6 +29,8 @@ from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.zone import (
     KmsgHeader,
     ZoneHeader,
+    erase_states,
+    erase_writes,
     kmsg_prefix,
     kmsg_zone_ok,
     parse_kmsg_header,
@@ -35,15 +38,13 @@ from pstorefs.format.zone import (
     ring_unwrap,
     ring_zone_ok,
 )
-from pstorefs.store.base import Entry, Record, Store
-from pstorefs.store.cache import BodyCache
+from pstorefs.store.base import DEFAULT_CACHE_BUDGET, Decoded, Layout, Record, Store, Zone
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.decompress import CODECS, decompress
-from pstorefs.store.detect import Detection, detect, uncap, zone_format_at_start
-from pstorefs.store.device import SECTOR_SIZE, Device
+from pstorefs.store.device import Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
-from pstorefs.store.geometry import Geometry, Zone, ZoneList
-from pstorefs.store.made import MadeOnAsking
+from pstorefs.store.lazy import LazySequence
+from pstorefs.store.zone.detect import Detection, detect, uncap, zone_format_at_start
+from pstorefs.store.zone.layout import Geometry, ZoneList, geometry_from_options
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +57,6 @@ _RING_TYPES = (PstoreType.FTRACE, PstoreType.PMSG, PstoreType.CONSOLE)
 _FILL = b"\x00\xff"
 """What a zone holds where nothing was written: zeros of a fresh partition, or the 0xFF
 zone.c fills its buffers with before flushing them whole."""
-
-DEFAULT_CACHE_BUDGET = 2 << 20
-"""Decoded bodies kept for the next `entry`, `read` or `attributes` of the same record
-(a lookup, then its open): a few at a time is enough, as an open file keeps its body
-until released and the kernel's page cache keeps what was read (`keep_cache`)."""
-
-_READ_RETRIES = 8
-"""How often a read is tried again when erases keep writing while it runs."""
-
-_UNDECODABLE = "undecodable"
-"""`_kmsg_body`'s compressor for a compressed record nothing decodes (`.enc.z`)."""
-
-_CODEC_CODES: dict[str | None, int] = {
-    None: 0, **{name: 1 + i for i, name in enumerate(CODECS)}, _UNDECODABLE: 255}
-"""A record's compressor as `ZoneStore._codes` keeps it, a byte each."""
 
 OPTIONS = frozenset({"kmsg_size", "pmsg_size", "console_size", "ftrace_size", "nr_cpus",
                      "abi", "format", "erasesize", "system_map", "show_erased"})
@@ -85,7 +71,7 @@ def find_layout(device: Device, config: StoreConfig, *,
     """The options' layout if they give one, else the one detected on the source. Given
     sizes but no `format=`, the format is still the one zone 0's header shows."""
     if config.layout_given:
-        geometry = config.geometry()
+        geometry = geometry_from_options(config)
         if config.zone_format is None:
             found = zone_format_at_start(device.read, device.size)
             geometry = dataclasses.replace(geometry, format=found or ZoneFormat.ZONE)
@@ -120,61 +106,46 @@ class ZoneStore(Store):
                  abi: Abi | None = None, symbols: SymbolTable = NO_SYMBOLS,
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = (),
                  show_erased: bool = False, erasesize: int | None = None) -> None:
-        self.device = device
+        super().__init__(device, name, cache_budget)
         self.erasesize = erasesize
         self.geometry = geometry
-        self.name = name
         self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
-        self._lock = threading.Lock()
-        self._erases = 0
-        """Erases begun and ended: odd while one writes (a seqlock, see `_body`)."""
-        self._cache = BodyCache(cache_budget)
         probes = _Probes(self.zones, {zone: raw for zone in self.zones.rings
                           if (raw := self._probe(zone)) is not None},
                          [self._probe(zone) for zone in self.zones.dmesg_zones()])
-        self._order = abi if abi else _order_abi(self._little_endian(probes))
+        self._byte_order = abi if abi else _order_abi(self._little_endian(probes))
         if abi is None:
             abi, note = self._detect_abi(probes)
             if note:
                 log.debug("%s: %s", device.path, note)
                 self.assumed += (note,)
         self.abi = abi
-        self._kmsg_size = abi.kmsg_header_size
+        self._kmsg_header_size = abi.kmsg_header_size
         self._records = self._recover(probes)
         self._erased = self._recover_erased(probes) if show_erased else []
         self._erased_slots = {record: len(self._records) + i
                               for i, record in enumerate(self._erased)}
-        slots = len(self._records) + len(self._erased)
-        self._sizes = array("q", [-1]) * slots
-        """Each record's file size once decoded (-1 before), by slot (`_slot`)."""
-        self._codes = bytearray(slots)
-        """Each record's compressor once decoded (`_CODEC_CODES`)."""
+        self._keep_slots(len(self._records) + len(self._erased))
 
     @property
     def erased(self) -> Sequence[Record]:
         return self._erased
 
-    def layout(self) -> dict[str, object]:
+    def layout(self) -> Layout:
         g = self.geometry
-        return {
-            "backend": "zone",
-            "format": g.format.value,
-            "abi": self.abi.name,
-            "little_endian": self.abi.little_endian,
-            "kmsg_size": g.kmsg_size // 1024,
-            "pmsg_size": g.pmsg_size // 1024,
-            "console_size": g.console_size // 1024,
-            "ftrace_size": g.ftrace_size // 1024,
-            "nr_cpus": g.nr_cpus,
-            "capped": g.capped,
-            "zones": len(self.zones),
-            "records": len(self._records),
-            "kernel_parameters": g.kernel_parameters(),
-            "mount_options": f"{g.mount_options()},abi={self.abi.name}",
-            "assumed": list(self.assumed),
-        }
+        return Layout(
+            backend="zone", format=g.format.value, abi=self.abi.name,
+            little_endian=self.abi.little_endian,
+            parameters={"kmsg_size": g.kmsg_size // 1024, "pmsg_size": g.pmsg_size // 1024,
+                        "console_size": g.console_size // 1024,
+                        "ftrace_size": g.ftrace_size // 1024, "nr_cpus": g.nr_cpus,
+                        "capped": g.capped},
+            zones=len(self.zones), records=len(self._records),
+            kernel_parameters=g.kernel_parameters(),
+            mount_options=f"{g.mount_options()},abi={self.abi.name}",
+            assumed=self.assumed)
 
     def describe(self) -> str:
         g = self.geometry
@@ -211,13 +182,13 @@ class ZoneStore(Store):
         """The writer's ABI, from its dmesg headers and ftrace records."""
         first = self.zones.dmesg(0)  # every dmesg zone has its header size and room
         kmsg_headers = [raw[first.header_size:] for _, sig, datalen, _, raw
-                        in probes.dmesg_fields(self._order, first.header_size)
+                        in probes.dmesg_fields(self._byte_order, first.header_size)
                         if sig == zone_sig(PstoreType.DMESG)
                         and 0 < datalen <= first.buffer_size]
         ftrace_zones = [self._ring_data(zone, self._header(zone, raw))
                         for zone, raw in probes.rings.items()
                         if zone.type is PstoreType.FTRACE]
-        return detect_abi(little_endian=self._order.little_endian, kmsg_headers=kmsg_headers,
+        return detect_abi(little_endian=self._byte_order.little_endian, kmsg_headers=kmsg_headers,
                           ftrace_zones=[data for data in ftrace_zones if data])
 
     def _ring_data(self, zone: Zone, header: ZoneHeader) -> bytes | None:
@@ -234,9 +205,9 @@ class ZoneStore(Store):
     def _recover(self, probes: _Probes) -> _Listing:
         """The records, as `psz_recovery` + `psz_pstore_read` find them."""
         first = self.zones.dmesg(0)  # every dmesg zone has its header size and room
-        width = first.header_size + self._kmsg_size
+        width = first.header_size + self._kmsg_header_size
         ids, heads = array("q"), bytearray()
-        for index, sig, datalen, magic, raw in probes.dmesg_fields(self._order,
+        for index, sig, datalen, magic, raw in probes.dmesg_fields(self._byte_order,
                                                                    first.header_size):
             if (self.geometry.format is ZoneFormat.BLKOOPS
                     and sig != zone_sig(PstoreType.DMESG)):
@@ -289,67 +260,21 @@ class ZoneStore(Store):
         return erased
 
     def _header(self, zone: Zone, raw: bytes) -> ZoneHeader:
-        return parse_zone_header(self._order, raw, zone.offset, self.geometry.format)
+        return parse_zone_header(self._byte_order, raw, zone.offset, self.geometry.format)
 
     def _kmsg_header(self, zone: Zone, raw: bytes) -> KmsgHeader:
         return parse_kmsg_header(self.abi, raw[zone.header_size:],
                                  zone.offset + zone.header_size)
 
     # -- files --------------------------------------------------------------------
-    def entry(self, record: Record) -> Entry:
-        slot = self._slot(record)
-        known = self._entry_at(record, slot)
-        if known is None:
-            body = self._body(record, slot)
-            known = self._entry_at(record, slot) or Entry(self._file_name(record), len(body),
-                                                          record.time_ns)  # not ours
-        return known
-
-    def cached_entry(self, record: Record) -> Entry | None:
-        return self._entry_at(record, self._slot(record))
-
-    def _entry_at(self, record: Record, slot: int | None) -> Entry | None:
-        if slot is None or self._sizes[slot] < 0:
-            return None
-        undecodable = self._codes[slot] == _CODEC_CODES[_UNDECODABLE]
-        return Entry(self._file_name(record, undecodable=undecodable),
-                     self._sizes[slot], record.time_ns)
-
-    def _file_name(self, record: Record, *, undecodable: bool = False) -> str:
-        name = f"{record.type.file_prefix}-{self.name}-{record.id}"
-        return name + ".enc.z" if undecodable else name
-
     def _slot(self, record: Record) -> int | None:
-        """Where what decoding learnt of `record` is kept: its place in `records`,
-        then in `erased`; None for a record not of this store."""
+        """Its place in `records`, then in `erased` (see `Store._slot`)."""
         if record.erased:
             return self._erased_slots.get(record)
         return self._records.position(record)
 
-    def _codec(self, record: Record) -> str | None:
-        """The compressor that decoded `record`, None if none did (or not yet)."""
-        slot = self._slot(record)
-        code = self._codes[slot] if slot is not None else 0
-        return CODECS[code - 1] if 0 < code <= len(CODECS) else None
-
-    def find(self, name: str) -> Record | None:
-        prefix, _, rest = name.partition(f"-{self.name}-")
-        index = rest.removesuffix(".enc.z")
-        if not (index.isascii() and index.isdecimal()) or str(int(index)) != index:
-            return None
-        record = self._records.by_id(prefix, int(index))
-        if record is None:
-            return None
-        known = self.cached_entry(record)
-        if known is not None:
-            return record if known.name == name else None
-        return record if name == self._file_name(record) or record.compressed else None
-
-    def read(self, record: Record) -> bytes:
-        return self._body(record, self._slot(record))
-
-    def cached_read(self, record: Record) -> bytes | None:
-        return self._cache.get(self._slot(record))
+    def _by_id(self, prefix: str, record_id: int) -> Record | None:
+        return self._records.by_id(prefix, record_id)
 
     def attributes(self, record: Record) -> dict[str, str]:
         """What the headers know and the kernel's files do not show. The body is read
@@ -367,14 +292,15 @@ class ZoneStore(Store):
             attrs["time_ns"] = str(record.time_ns)
         if record.reason is not None:
             text = b""
-            if record.reason == 4 or (record.compressed and self.cached_entry(record) is None):
+            if (record.reason == KmsgDumpReason.SHUTDOWN  # Restart before 5.8
+                    or (record.compressed and self.entry(record, wait=False) is None)):
                 text = self._dump_text(record, self.read(record))
             attrs["reason"] = reason_name(record.reason, text)
             attrs["reason_code"] = str(record.reason)
             attrs["counter"] = str(record.counter)
             attrs["compressed"] = "1" if record.compressed else "0"
             if record.compressed:
-                attrs["compressor"] = self._codec(record) or "unknown"
+                attrs["compressor"] = self.compressor(record) or "unknown"
         if record.erased:
             attrs["erased"] = "1"
         return attrs
@@ -383,67 +309,42 @@ class ZoneStore(Store):
         """The record's own text (platform.c's dump header first), without the
         "Total N times" line zone.c prepends to an uncompressed one."""
         if record.compressed:
-            return body if self._codec(record) else b""
+            return body if self.compressor(record) else b""
         return body.partition(b"\n")[2]
 
-    def _body(self, record: Record, slot: int | None) -> bytes:
-        """The record's file, `slot` its `_slot`. Decoded again if an erase wrote while
-        it was read: on flash an erase rewrites its whole erase block, the zones it
-        shares with this one included (`erase_keeping`)."""
-        body = self._cache.get(slot)
-        if body is not None:
-            return body
-        for _ in range(_READ_RETRIES):
-            erases = self._erases
-            if erases % 2:  # an erase is writing: wait for it to end
-                with self._lock:
-                    continue
-            body, codec = self._decode(record)
-            if self._erases == erases:
-                break
-        else:
-            raise ZoneChangedError(f"{self.device.path}: {self._file_name(record)}: erases "
-                                   "kept changing the device while it was read")
-        if slot is not None:  # kept by slot: a small int, not the record's objects
-            self._codes[slot] = _CODEC_CODES.get(codec, 0)
-            self._sizes[slot] = len(body)
-            self._cache.put(slot, body)
-        return body
-
-    def _decode(self, record: Record) -> tuple[bytes, str | None]:
-        """The record's file and its compressor (see `_kmsg_body`)."""
+    def _decode(self, record: Record) -> Decoded:
         if record.type is PstoreType.DMESG:
             return self._kmsg_body(record)
         if record.type is PstoreType.FTRACE:
-            return self._ftrace_text(record), None
-        return self._ring_body(record), None
+            return Decoded(self._ftrace_text(record))
+        return Decoded(self._ring_body(record))
 
-    def _kmsg_body(self, record: Record) -> tuple[bytes, str | None]:
-        """The file of a dmesg record, and the compressor that decoded it: None for an
-        uncompressed record, `_UNDECODABLE` for one that stays compressed (`.enc.z`)."""
+    def _kmsg_body(self, record: Record) -> Decoded:
+        """The file of a dmesg record (`psz_kmsg_read`), inflated if compressed."""
         zone, = record.zones
         raw = record.snapshot[0]
-        hlen = self._kmsg_size
+        hlen = self._kmsg_header_size
         start = zone.offset + zone.header_size + hlen
         if record.erased:
             payload = self.device.read(start, zone.buffer_size - hlen).rstrip(b"\0")
         else:
             payload = self.device.read(start, self._header(zone, raw).datalen - hlen)
         if not record.compressed:
-            return kmsg_prefix(self._kmsg_header(zone, raw), self.geometry.format,
-                               payload) + payload, None
+            return Decoded(kmsg_prefix(self._kmsg_header(zone, raw), self.geometry.format,
+                                       payload) + payload)
         limit = self._decompressed_limit(zone)
         decoded = (decompress(payload, limit) if not record.erased
                    else _decompress_trimmed(payload, limit))
         if decoded is None:
             log.warning("%s: dmesg zone %d: compressed record does not decompress: shown "
                         "raw as .enc.z", self.device.path, zone.index)
-            return payload, _UNDECODABLE
-        return decoded
+            return Decoded(payload, undecodable=True)
+        text, compressor = decoded
+        return Decoded(text, compressor)
 
     def _decompressed_limit(self, zone: Zone) -> int:
         """Linux 6.6+ inflates into 3 times the record buffer (`psinfo->bufsize`)."""
-        return 3 * (zone.buffer_size - self._kmsg_size)
+        return 3 * (zone.buffer_size - self._kmsg_header_size)
 
     def _ring_body(self, record: Record) -> bytes:
         zone, = record.zones
@@ -475,71 +376,36 @@ class ZoneStore(Store):
         return render_text(merge_zones(per_cpu), self.symbols)
 
     # -- erase ----------------------------------------------------------------------
-    def erase(self, record: Record) -> None:
-        """Write what zone.c's erase writes, after checking each zone still holds what
-        was listed.
+    def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
+        """As listed, or as an erase of ours that failed part-way left it (an EIO on
+        fdatasync, a cut between two writes): the record is still ours, and a retried
+        `rm` finishes the erase."""
+        now = self.device.read(zone.offset, len(snapshot))
+        if now == snapshot:
+            return True
+        if self.erasesize:
+            return now == b"\xff" * len(snapshot)
+        ring = zone.type is not PstoreType.DMESG
+        return now in erase_states(self._byte_order, snapshot, ring=ring)
 
-        dmesg: `datalen` = 0 (`psz_kmsg_erase`, FLUSH_META). pmsg/console/ftrace:
-        `datalen` and `start` = 0 (`psz_record_erase`); for ftrace in every CPU zone of
-        the file, so that it stays removed (the kernel erases CPU 0's alone).
+    def _erase_zones(self, record: Record) -> None:
+        """What zone.c's erase writes. dmesg: `datalen` = 0 (`psz_kmsg_erase`,
+        FLUSH_META). pmsg/console/ftrace: `datalen` and `start` = 0
+        (`psz_record_erase`); for ftrace in every CPU zone of the file, so that it
+        stays removed (the kernel erases CPU 0's alone). On mtdpstore, the zone's erase
+        block, as `mtd_erase`.
 
         Power-cut safety: `datalen` is written first, and a zone whose `datalen` is 0
-        is empty whatever else its header holds. Each write covers at most the 8 bytes
-        of `datalen` and `start`; when both lie in one 512-byte sector (always, unless a
-        zone starts 504 bytes into a sector) they go in a single write that a device
-        commits whole; when they straddle a sector boundary, `datalen` is written and
-        synced before `start`. Either way a cut leaves the zone as it was, or erased.
+        is empty whatever else its header holds; `Device.write_fields` puts `datalen`
+        and `start` in one write where they share a sector and syncs between them
+        where they do not. Either way a cut leaves the zone as it was, or erased.
         """
-        if record.erased:
-            raise ReadOnlyError(f"{self.device.path}: an erased record cannot be erased")
-        with self._lock:
-            if self.device.read_only:
-                raise ReadOnlyError(f"{self.device.path}: mounted read-only")
-            for zone, snap in zip(record.zones, record.snapshot, strict=True):
-                now = self.device.read(zone.offset, len(snap))
-                if now != snap and now not in self._partly_erased(snap):
-                    raise ZoneChangedError(
-                        f"{self.device.path}: {zone.type.file_prefix} zone {zone.index} at "
-                        f"{zone.offset:#x} changed since it was listed: nothing written")
-            self._erases += 1  # odd while writing: see _body
-            try:
-                for zone in record.zones:
-                    if self.erasesize:  # mtdpstore: the zone's erase block, as mtd_erase
-                        erase_keeping(self.device, zone.offset, zone.size, self.erasesize)
-                    else:
-                        self._erase_zone(zone, ring=record.type is not PstoreType.DMESG)
-                self.device.sync()
-            finally:
-                self._erases += 1
-            self._cache.drop(self._slot(record))
-        log.info("%s: erased %s (zone at %#x)", self.device.path,
-                 known.name if (known := self.cached_entry(record)) else self._file_name(record),
-                 record.zones[0].offset)
-
-    def _partly_erased(self, snap: bytes) -> tuple[bytes, ...]:
-        """What an erase of ours that failed part-way (an EIO on fdatasync, a cut
-        between two writes) leaves of the listed header: the record is still ours, and
-        a retried `rm` finishes the erase."""
-        if self.erasesize:
-            return (b"\xff" * len(snap),)
-        head = bytearray(snap)
-        head[4:8] = bytes(4)
-        datalen_only = bytes(head)
-        head[8:12] = bytes(4)
-        return (datalen_only, bytes(head))
-
-    def _erase_zone(self, zone: Zone, *, ring: bool) -> None:
-        datalen_at = zone.offset + 4
-        zero = struct.pack("<i", 0)
-        on_disk = self.device.base + datalen_at  # sectors are the device's, not the region's
-        if not ring:
-            self.device.write(datalen_at, zero)
-        elif on_disk // SECTOR_SIZE == (on_disk + 7) // SECTOR_SIZE:
-            self.device.write(datalen_at, zero * 2)
-        else:
-            self.device.write(datalen_at, zero)
-            self.device.sync()
-            self.device.write(datalen_at + 4, zero)
+        for zone in record.zones:
+            if self.erasesize:
+                erase_keeping(self.device, zone.offset, zone.size, self.erasesize)
+                continue
+            ring = record.type is not PstoreType.DMESG
+            self.device.write_fields(zone.offset, erase_writes(self._byte_order, ring=ring))
 
 
 def _order_abi(little_endian: bool) -> Abi:
@@ -585,7 +451,7 @@ class _Probes:
         yield from self.dmesg_items()
 
 
-class _Listing(MadeOnAsking[Record]):
+class _Listing(LazySequence[Record]):
     """The records found, in the kernel's read order: the live dmesg records, then the
     ring records.
 

@@ -24,7 +24,6 @@ from pstorefs.errors import (
     EraseUnsupportedError,
     FormatError,
     GeometryError,
-    ReadOnlyError,
 )
 from pstorefs.format.blockconsole import (
     BCON_HEADERSIZE,
@@ -43,18 +42,16 @@ from pstorefs.format.blockconsole import (
 )
 from pstorefs.format.consts import PstoreType
 from pstorefs.format.kallsyms import SymbolTable
-from pstorefs.store.base import Entry, Record, Store
-from pstorefs.store.cache import BodyCache
+from pstorefs.store.base import Decoded, Layout, Record, Store, Zone
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
-from pstorefs.store.geometry import Zone
 
 log = logging.getLogger(__name__)
 
 OPTIONS: frozenset[str] = frozenset()
 """The options this back end reads (besides backend=, offset=, size=, name=, ro)."""
 
-DEFAULT_CACHE_BUDGET = 16 << 20
+LOG_CACHE_BUDGET = 16 << 20
 """Its one body is the whole log (1 MiB tiles): kept whole for `ls` then `cat`."""
 
 DEFAULT_NAME = "blockconsole"
@@ -84,9 +81,8 @@ class BlockConsoleStore(Store):
     """A blockconsole device: its log, found from the tile headers."""
 
     def __init__(self, device: Device, *, name: str,
-                 cache_budget: int = DEFAULT_CACHE_BUDGET) -> None:
-        self.device = device
-        self.name = name
+                 cache_budget: int = LOG_CACHE_BUDGET) -> None:
+        super().__init__(device, name, cache_budget)
         self.tiles = tile_count(device.size)
         if self.tiles == 0:
             raise GeometryError(f"{device.path}: {device.size} bytes: a blockconsole device "
@@ -97,29 +93,17 @@ class BlockConsoleStore(Store):
         if self.tiles > MAX_TILES:
             self.assumed = (f"only the newest {MAX_TILES} of {self.tiles} tiles are read",)
             log.warning("%s: %s", device.path, self.assumed[0])
-        self._cache = BodyCache(cache_budget)
-        self._sizes: dict[Record, int] = {}
         self._records = self._recover()
+        self._keep_slots(len(self._records))
 
-    @property
-    def filename(self) -> str:
-        return f"{PstoreType.CONSOLE.file_prefix}-{self.name}-0"
-
-    def layout(self) -> dict[str, object]:
-        return {
-            "backend": "blockconsole",
-            "format": f"blockconsole-{VERSION}",
-            "abi": "text",
-            "uuid": f"{self.reference.uuid:08x}",
-            "round": self.reference.round,
-            "zones": self.tiles,
-            "tiles_read": min(self.tiles, MAX_TILES),
-            "write_offset": next_write_offset(self.end, self.tiles),
-            "records": len(self._records),
-            "kernel_parameters": "",
-            "mount_options": "backend=blockconsole",
-            "assumed": list(self.assumed),
-        }
+    def layout(self) -> Layout:
+        return Layout(backend="blockconsole", format=f"blockconsole-{VERSION}", abi="text",
+                      parameters={"uuid": f"{self.reference.uuid:08x}",
+                                  "round": self.reference.round,
+                                  "tiles_read": min(self.tiles, MAX_TILES),
+                                  "write_offset": next_write_offset(self.end, self.tiles)},
+                      zones=self.tiles, records=len(self._records), kernel_parameters="",
+                      mount_options="backend=blockconsole", assumed=self.assumed)
 
     def describe(self) -> str:
         return (f"{self.device.path}: blockconsole {VERSION}, uuid "
@@ -156,18 +140,6 @@ class BlockConsoleStore(Store):
             return None
 
     # -- files ------------------------------------------------------------------------
-    def entry(self, record: Record) -> Entry:
-        size = self._sizes.get(record)
-        if size is None:
-            size = len(self._body(record))
-        return Entry(self.filename, size, None)
-
-    def find(self, name: str) -> Record | None:
-        return self._records[0] if self._records and name == self.filename else None
-
-    def read(self, record: Record) -> bytes:
-        return self._body(record)
-
     def attributes(self, record: Record) -> dict[str, str]:
         """Where the text came from and where the writer goes on."""
         return {
@@ -179,14 +151,9 @@ class BlockConsoleStore(Store):
             "write_offset": str(next_write_offset(self.end, self.tiles)),
         }
 
-    def _body(self, record: Record) -> bytes:
-        body = self._cache.get(record)
-        if body is None:
-            body = b"".join(self._tile_text(zone, header)
-                            for zone, header in zip(record.zones, record.snapshot, strict=True))
-            self._sizes[record] = len(body)
-            self._cache.put(record, body)
-        return body
+    def _decode(self, record: Record) -> Decoded:
+        return Decoded(b"".join(self._tile_text(zone, header) for zone, header
+                                in zip(record.zones, record.snapshot, strict=True)))
 
     def _tile_text(self, zone: Zone, header: bytes) -> bytes:
         """A tile's text, if it still holds the header it was listed with (a writer that
@@ -203,10 +170,8 @@ class BlockConsoleStore(Store):
         return tile_text(raw)
 
     # -- erase ------------------------------------------------------------------------
-    def erase(self, record: Record) -> None:
+    def _erase_zones(self, record: Record) -> None:
         """Refused: see the module's docstring."""
-        if self.device.read_only:
-            raise ReadOnlyError(f"{self.device.path}: mounted read-only")
         raise EraseUnsupportedError(
             f"{self.device.path}: blockconsole defines no erase: its writer overwrites the "
             "oldest tile itself (mkblockconsole starts a new log)")

@@ -43,7 +43,7 @@ from pstorefs.format.consts import (
     PstoreType,
     ZoneFormat,
 )
-from pstorefs.store.geometry import SZ_128M, Geometry
+from pstorefs.store.zone.layout import SZ_128M, Geometry
 
 log = logging.getLogger(__name__)
 

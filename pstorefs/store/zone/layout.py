@@ -1,15 +1,17 @@
-"""Where the zones are: the kernel's `psz_alloc_zones`, from the module parameters."""
+"""Where the zones are: the kernel's `psz_alloc_zones`, from the module parameters
+(given as options, `geometry_from_options`, or detected, `pstorefs.store.zone.detect`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from pstorefs.errors import GeometryError
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, ZoneFormat
-from pstorefs.store.made import MadeOnAsking
+from pstorefs.store.base import Zone
+from pstorefs.store.config import StoreConfig
+from pstorefs.store.lazy import LazySequence
 
 log = logging.getLogger(__name__)
 
@@ -17,23 +19,7 @@ SZ_128M = 128 << 20
 """pstore/zone caps the area it uses at 128 MiB since Linux 5.11."""
 
 
-class Zone(NamedTuple):
-    """One zone: its type, its index among the zones of that type, and its extent.
-    (A named tuple: a partition has thousands.)"""
-
-    type: PstoreType
-    index: int
-    offset: int
-    size: int
-    header_size: int = PSZ_BUFFER_SIZE
-
-    @property
-    def buffer_size(self) -> int:
-        """Bytes after the zone header (`zone->buffer_size`)."""
-        return self.size - self.header_size
-
-
-class ZoneList(MadeOnAsking[Zone]):
+class ZoneList(LazySequence[Zone]):
     """Every zone, in the kernel's order: the few of pmsg, console and ftrace as they
     are, then the dmesg zones, all of one size one after the other and as many as
     16,384 on a 128 MiB partition (more past the cap), each made when asked for."""
@@ -169,3 +155,15 @@ class Geometry:
         if offset + size > total:
             raise GeometryError(f"no room for the {ptype.file_prefix} zone "
                                 f"({size} bytes at {offset:#x}) in a {total}-byte source")
+
+
+def geometry_from_options(config: StoreConfig) -> Geometry:
+    """The layout the given options describe: sizes in KiB as the kernel's parameters,
+    a size not given taking the kernel's value for "not set" (kmsg 64, the rest off)."""
+    return Geometry(kmsg_size=kib_to_bytes("kmsg_size", 64 if config.kmsg_size is None
+                                           else config.kmsg_size),
+                    pmsg_size=kib_to_bytes("pmsg_size", config.pmsg_size or 0),
+                    console_size=kib_to_bytes("console_size", config.console_size or 0),
+                    ftrace_size=kib_to_bytes("ftrace_size", config.ftrace_size or 0),
+                    nr_cpus=1 if config.nr_cpus is None else config.nr_cpus,
+                    format=config.zone_format or ZoneFormat.ZONE)

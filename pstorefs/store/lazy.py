@@ -9,7 +9,7 @@ from typing import TypeVar, overload
 T = TypeVar("T")
 
 
-class MadeOnAsking(Sequence[T]):
+class LazySequence(Sequence[T]):
     """Indexing (negative indexes and slices too) and iteration over `_item(at)`, for
     the thousands of zones and records a partition has: each made from what little is
     kept of it when it is asked for."""

@@ -29,14 +29,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pstorefs.errors import DeviceError, ReadOnlyError, ZoneChangedError
+from pstorefs.codecs.compression import decompress
+from pstorefs.codecs.reed_solomon import rs_codec
+from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi, resolve_abi
-from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PstoreType
+from pstorefs.format.consts import DUMP_HEADER, PSTORE_KMSG_HEADER_MAGIC, PstoreType
 from pstorefs.format.ftrace import merge_zones, parse_records, render_text
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.ramoops import (
@@ -55,14 +55,11 @@ from pstorefs.format.ramoops import (
     ring_content,
     rounddown_pow_of_two,
     sig_matches,
+    zap_writes,
 )
-from pstorefs.format.reed_solomon import rs_codec
-from pstorefs.store.base import Entry, Record, Store
-from pstorefs.store.cache import BodyCache
+from pstorefs.store.base import DEFAULT_CACHE_BUDGET, Decoded, Layout, Record, Store, Zone
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.decompress import decompress
-from pstorefs.store.device import SECTOR_SIZE, Device
-from pstorefs.store.geometry import Zone
+from pstorefs.store.device import Device
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +70,6 @@ OPTIONS = frozenset({"record_size", "console_size", "ftrace_size", "pmsg_size", 
 DEFAULT_NAME = "ramoops"
 """The kernel's back-end name (`oops_cxt.pstore.name`)."""
 
-DEFAULT_CACHE_BUDGET = 16 << 20
-
 _DMESG_PROBE = 256
 """Bytes of a dmesg zone read to list it: its `====...` line (at most 36 bytes as the
 kernel writes it) with room to spare; the whole record is read only if the line's
@@ -83,11 +78,6 @@ trailing white space runs past them."""
 _MIN_FTRACE_VERSION = 0x30000
 """`KERNEL_VERSION(3, 0, 0)`: detection takes an ftrace signature for one only when it
 holds a version code that old or newer."""
-
-_DUMP_HEADER = re.compile(rb"([A-Za-z]+)#(-?\d+) Part\d+\n")
-"""platform.c's first line of a dump, `"%s#%d Part%u\\n"`: the reason and counter that
-ramoops keeps nowhere else."""
-
 
 def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
     """Whether the source starts as a ramoops region: zone 0's header (a dmesg zone,
@@ -358,44 +348,31 @@ class RamoopsStore(Store):
     def __init__(self, device: Device, layout: RamoopsLayout, *, name: str,
                  abi: Abi | None = None, symbols: SymbolTable = NO_SYMBOLS,
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = ()) -> None:
-        self.device = device
+        super().__init__(device, name, cache_budget)
         self.parameters = layout
-        self.name = name
         self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = [Zone(span.type, span.index, span.offset, span.size,
                            PERSISTENT_RAM_BUFFER_SIZE) for span in layout.zones()]
         self._codec = rs_codec(layout.ecc_size) if layout.ecc_size else None
-        self._lock = threading.Lock()
-        self._cache = BodyCache(cache_budget)
-        self._entries: dict[Record, Entry] = {}
-        self._codecs: dict[Record, str] = {}
         self._ecc_counts: dict[Record, tuple[int, int]] = {}
         self.little_endian = abi.little_endian if abi else self._little_endian()
         self._przs = {zone: prz for zone in self.zones if (prz := self._probe(zone))}
         self.abi = abi or self._detect_abi()
         self._records = self._recover()
+        self._keep_slots(len(self._records))
 
-    def layout(self) -> dict[str, object]:
+    def layout(self) -> Layout:
         g = self.parameters
-        return {
-            "backend": "ramoops",
-            "format": "ramoops",
-            "abi": self.abi.name,
-            "little_endian": self.little_endian,
-            "mem_size": g.mem_size,
-            "record_size": g.record_size,
-            "console_size": g.console_size,
-            "ftrace_size": g.ftrace_size,
-            "pmsg_size": g.pmsg_size,
-            "ecc": g.ecc_size,
-            "nr_cpus": g.nr_cpus,
-            "zones": len(self.zones),
-            "records": len(self._records),
-            "kernel_parameters": g.kernel_parameters(),
-            "mount_options": f"{g.mount_options()},abi={self.abi.name}",
-            "assumed": list(self.assumed),
-        }
+        return Layout(
+            backend="ramoops", format="ramoops", abi=self.abi.name,
+            little_endian=self.little_endian,
+            parameters={"mem_size": g.mem_size, "record_size": g.record_size,
+                        "console_size": g.console_size, "ftrace_size": g.ftrace_size,
+                        "pmsg_size": g.pmsg_size, "ecc": g.ecc_size, "nr_cpus": g.nr_cpus},
+            zones=len(self.zones), records=len(self._records),
+            kernel_parameters=g.kernel_parameters(),
+            mount_options=f"{g.mount_options()},abi={self.abi.name}", assumed=self.assumed)
 
     def describe(self) -> str:
         return (f"{self.device.path}: ramoops, {self.parameters.mount_options()}: "
@@ -548,34 +525,9 @@ class RamoopsStore(Store):
         return bytes(data[:length]), corrected, bad
 
     # -- files --------------------------------------------------------------------
-    def entry(self, record: Record) -> Entry:
-        known = self._entries.get(record)
-        if known is None:
-            self._body(record)
-            known = self._entries[record]
-        return known
-
-    def cached_entry(self, record: Record) -> Entry | None:
-        return self._entries.get(record)
-
-    def find(self, name: str) -> Record | None:
-        prefix, _, rest = name.partition(f"-{self.name}-")
-        index = rest.removesuffix(".enc.z")
-        for record in self._records:
-            if record.type.file_prefix == prefix and str(record.id) == index:
-                known = self.cached_entry(record)
-                if known is not None:
-                    return record if known.name == name else None
-                plain = name == f"{prefix}-{self.name}-{index}"
-                return record if plain or record.compressed else None
-        return None
-
-    def read(self, record: Record) -> bytes:
-        return self._body(record)
-
     def attributes(self, record: Record) -> dict[str, str]:
         """What the headers know and the kernel's files do not say."""
-        body = self._body(record)
+        body = self.read(record)
         attrs = {
             "zone_offset": ",".join(str(z.offset) for z in record.zones),
             "zone_size": str(record.zones[0].size),
@@ -587,9 +539,9 @@ class RamoopsStore(Store):
         if record.type is PstoreType.DMESG:
             attrs["compressed"] = "1" if record.compressed else "0"
             if record.compressed:
-                attrs["compressor"] = self._codecs.get(record, "unknown")
-            decoded = not record.compressed or record in self._codecs
-            dump = _DUMP_HEADER.match(body) if decoded else None
+                attrs["compressor"] = self.compressor(record) or "unknown"
+            decoded = not record.compressed or self.compressor(record) is not None
+            dump = DUMP_HEADER.match(body) if decoded else None
             if dump:
                 attrs["reason"] = dump[1].decode()
                 attrs["counter"] = dump[2].decode()
@@ -600,42 +552,37 @@ class RamoopsStore(Store):
             attrs["ecc_unrecoverable_blocks"] = str(bad)
         return attrs
 
-    def _body(self, record: Record) -> bytes:
-        body = self._cache.get(record)
-        if body is not None:
-            return body
-        undecodable = False
+    def _decode(self, record: Record) -> Decoded:
         if record.type is PstoreType.DMESG:
-            body, undecodable, corrected, bad = self._dmesg_body(record)
+            decoded, corrected, bad = self._dmesg_body(record)
+            body = decoded.body
         elif record.type is PstoreType.FTRACE:
             body, corrected, bad = self._ftrace_text(record)
         else:
             body, corrected, bad = self._content(self._przs[record.zones[0]])
+        if record.type is not PstoreType.DMESG:
+            decoded = Decoded(body)
         if self._codec:
-            body += ecc_notice(corrected, bad)
             self._ecc_counts[record] = corrected, bad
-        name = f"{record.type.file_prefix}-{self.name}-{record.id}"
-        self._entries[record] = Entry(name + (".enc.z" if undecodable else ""), len(body),
-                                      record.time_ns)
-        self._cache.put(record, body)
-        return body
+            decoded = dataclasses.replace(decoded, body=body + ecc_notice(corrected, bad))
+        return decoded
 
-    def _dmesg_body(self, record: Record) -> tuple[bytes, bool, int, int]:
-        """The text of a dmesg record, whether it stays compressed (`.enc.z`), and its
-        ECC counts."""
+    def _dmesg_body(self, record: Record) -> tuple[Decoded, int, int]:
+        """The text of a dmesg record (`.enc.z` if it does not decompress), and its ECC
+        counts."""
         prz = self._przs[record.zones[0]]
         content, corrected, bad = self._content(prz)
         payload = content[parse_kmsg_hdr(content).length:]
         if not record.compressed:
-            return payload, False, corrected, bad
+            return Decoded(payload), corrected, bad
         limit = 3 * self._bufsize()
         decoded = decompress(payload, limit)
         if decoded is None:
             log.warning("%s: dmesg zone %d: compressed record does not decompress: shown "
                         "raw as .enc.z", self.device.path, prz.zone.index)
-            return payload, True, corrected, bad
-        text, self._codecs[record] = decoded
-        return text, False, corrected, bad
+            return Decoded(payload, undecodable=True), corrected, bad
+        text, compressor = decoded
+        return Decoded(text, compressor), corrected, bad
 
     def _bufsize(self) -> int:
         """`psinfo->bufsize`, the first dmesg zone's data capacity: Linux 6.6+ inflates
@@ -652,43 +599,21 @@ class RamoopsStore(Store):
         return render_text(merge_zones(per_cpu), self.symbols), corrected, bad
 
     # -- erase ----------------------------------------------------------------------
-    def erase(self, record: Record) -> None:
-        """`persistent_ram_zap` of each zone of the record, after checking each still
-        holds what was listed: `start` and `size` to 0 and, with ECC, the parity of
-        the header so zapped (its signature as corrected).
+    def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
+        """Its header, the header's parity and a dmesg record's start as listed."""
+        return self._snapshot(zone) == snapshot
 
-        Power-cut safety: when the 8 bytes of `start` and `size` lie in one 512-byte
-        sector they go in one write, which a device commits whole; otherwise `size` is
-        written and synced first, so that a cut leaves `start > size`, which the kernel
-        never reads. With ECC a cut before the parity is written leaves a header that
-        the old parity corrects back: the record stays whole until the erase is.
-        """
-        with self._lock:
-            if self.device.read_only:
-                raise ReadOnlyError(f"{self.device.path}: mounted read-only")
-            for zone, snap in zip(record.zones, record.snapshot, strict=True):
-                if self._snapshot(zone) != snap:
-                    raise ZoneChangedError(
-                        f"{self.device.path}: {zone.type.file_prefix} zone {zone.index} at "
-                        f"{zone.offset:#x} changed since it was listed: nothing written")
-            for zone in record.zones:
-                self._zap(self._przs[zone])
-            self.device.sync()
-            self._cache.drop(record)
-        log.info("%s: erased %s (zone at %#x)", self.device.path,
-                 self._entries.get(record, Entry(record.type.file_prefix, 0, None)).name,
-                 record.zones[0].offset)
-
-    def _zap(self, prz: Prz) -> None:
-        start_at = prz.zone.offset + 4
-        size_at = start_at + 4
-        if start_at // SECTOR_SIZE == (size_at + 3) // SECTOR_SIZE:
-            self.device.write(start_at, bytes(8))
-        else:
-            self.device.write(size_at, bytes(4))
-            self.device.sync()
-            self.device.write(start_at, bytes(4))
-        if self._codec:
-            header = build_buffer(RamBuffer(prz.buffer.sig, 0, 0),
-                                  little_endian=self.little_endian)
-            self.device.write(prz.zone.offset + prz.ecc.par_header, self._codec.encode(header))
+    def _erase_zones(self, record: Record) -> None:
+        """`persistent_ram_zap` of each zone of the record: `start` and `size` to 0
+        (`Device.write_fields`: one write where they share a sector; else `size` first,
+        so that a cut leaves `start > size`, which the kernel never reads) and, with
+        ECC, the parity of the header so zapped. A cut before the parity is written
+        leaves a header that the old parity corrects back: the record stays whole
+        until the erase is."""
+        for zone in record.zones:
+            self.device.write_fields(zone.offset, zap_writes(little_endian=self.little_endian))
+            if self._codec:
+                prz = self._przs[zone]
+                header = build_buffer(RamBuffer(prz.buffer.sig, 0, 0),
+                                      little_endian=self.little_endian)
+                self.device.write(zone.offset + prz.ecc.par_header, self._codec.encode(header))

@@ -27,7 +27,6 @@ content size, at most the power of two above `limit` otherwise).
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Callable
 
@@ -39,7 +38,8 @@ try:  # Python 3.14+ has Zstandard in the standard library
 except ImportError:
     from backports import zstd
 
-from pstorefs.store import sw842
+from pstorefs.codecs import sw842
+from pstorefs.format.consts import DUMP_HEADER
 
 # The order "auto" tries them in: deflate first (the only one of 6.6+ kernels), 842
 # last (pure Python, the slowest).
@@ -49,8 +49,6 @@ _ALIASES = {"lz4hc": "lz4"}  # the same block format and decoder, see above
 # What platform.c's pstore_dump() writes first: "%s#%d Part%u\n", the reason being
 # kmsg_dump_reason_str() (5.8+: Panic, Oops, Emergency, Shutdown, Unknown) or, before
 # 5.8, get_reason_str() (also Restart, Halt, Poweroff).
-_DUMP_HEADER = re.compile(
-    rb"(?:Oops|Panic|Emergency|Shutdown|Restart|Halt|Poweroff|Unknown)#-?\d+ Part\d+\n")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878 frame magic, little-endian 0xFD2FB528
 
 
@@ -152,7 +150,7 @@ def decompress(data: bytes, limit: int, codec: str = "auto") -> tuple[bytes, str
         text = _decode(name, data, limit)
         if text is None:
             continue
-        if _DUMP_HEADER.match(text):
+        if DUMP_HEADER.match(text):
             return text, name
         if name == "deflate":
             fallback = text, name

@@ -14,10 +14,9 @@ changes is the one removed.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
-from pstorefs.errors import DeviceError, GeometryError, ReadOnlyError, UsageError, ZoneChangedError
+from pstorefs.errors import DeviceError, GeometryError, UsageError
 from pstorefs.format.consts import PstoreType
 from pstorefs.format.kallsyms import SymbolTable
 from pstorefs.format.mtdoops import (
@@ -29,12 +28,10 @@ from pstorefs.format.mtdoops import (
     page_text,
     parse_page_header,
 )
-from pstorefs.store.base import Entry, Record, Store
-from pstorefs.store.cache import BodyCache
+from pstorefs.store.base import Decoded, Layout, Record, Store, Zone
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.flash import ERASED, erase_block_size, erase_keeping
-from pstorefs.store.geometry import Zone
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +42,6 @@ DEFAULT_NAME = "mtdoops"
 DEFAULT_RECORD_SIZE = 4096
 """mtdoops' `record_size` default; the kernel takes only multiples of 4096."""
 
-DEFAULT_CACHE_BUDGET = 16 << 20
 
 RECOGNIZE_SPAN = 1 << 20
 """How far `recognizes` looks for a page. mtdoops erases the block after the last
@@ -105,34 +101,27 @@ class MtdoopsStore(Store):
     time its size or content is asked for, and kept in a fixed-budget cache."""
 
     def __init__(self, device: Device, *, record_size: int, erasesize: int | None,
-                 name: str, cache_budget: int = DEFAULT_CACHE_BUDGET) -> None:
-        self.device = device
+                 name: str) -> None:
+        super().__init__(device, name)
         self.record_size = record_size
         self.erasesize = erasesize
-        self.name = name
         self.pages = device.size // record_size
-        self._lock = threading.Lock()
-        self._cache = BodyCache(cache_budget)
         probes = self._read_headers()
         self.little_endian = (sum(magic_at(raw, True) for raw in probes.values())
                               >= sum(magic_at(raw, False) for raw in probes.values()))
         self._headers: dict[Record, PageHeader] = {}
         self._records = self._recover(probes)
+        self._keep_slots(len(self._records))
 
-    def layout(self) -> dict[str, object]:
-        return {
-            "backend": "mtdoops",
-            "format": "mtdoops",
-            "abi": "le" if self.little_endian else "be",
-            "little_endian": self.little_endian,
-            "record_size": self.record_size,
-            "erasesize": self.erasesize,
-            "zones": self.pages,
-            "records": len(self._records),
-            "kernel_parameters": f"mtdoops.record_size={self.record_size}",
-            "mount_options": self._mount_options(),
-            "assumed": [],
-        }
+    def layout(self) -> Layout:
+        return Layout(backend="mtdoops", format="mtdoops",
+                      abi="le" if self.little_endian else "be",
+                      little_endian=self.little_endian,
+                      parameters={"record_size": self.record_size,
+                                  "erasesize": self.erasesize},
+                      zones=self.pages, records=len(self._records),
+                      kernel_parameters=f"mtdoops.record_size={self.record_size}",
+                      mount_options=self._mount_options())
 
     def _mount_options(self) -> str:
         options = f"backend=mtdoops,record_size={self.record_size}"
@@ -177,18 +166,6 @@ class MtdoopsStore(Store):
         return records
 
     # -- files --------------------------------------------------------------------
-    def _name(self, record: Record) -> str:
-        return f"{record.type.file_prefix}-{self.name}-{record.id}"
-
-    def entry(self, record: Record) -> Entry:
-        return Entry(self._name(record), len(self._body(record)), record.time_ns)
-
-    def find(self, name: str) -> Record | None:
-        return next((r for r in self._records if self._name(r) == name), None)
-
-    def read(self, record: Record) -> bytes:
-        return self._body(record)
-
     def attributes(self, record: Record) -> dict[str, str]:
         zone, = record.zones
         attrs = {"seq": str(self._headers[record].seq), "zone_offset": str(zone.offset),
@@ -197,29 +174,14 @@ class MtdoopsStore(Store):
             attrs["time_ns"] = str(record.time_ns)
         return attrs
 
-    def _body(self, record: Record) -> bytes:
-        body = self._cache.get(record)
-        if body is None:
-            zone, = record.zones
-            body = page_text(self.device.read(zone.offset + zone.header_size,
-                                              zone.buffer_size))
-            self._cache.put(record, body)
-        return body
+    def _decode(self, record: Record) -> Decoded:
+        zone, = record.zones
+        return Decoded(page_text(self.device.read(zone.offset + zone.header_size,
+                                                  zone.buffer_size)))
 
     # -- erase ----------------------------------------------------------------------
-    def erase(self, record: Record) -> None:
-        """Erase the page's erase block and write back its other pages, after checking
-        the page still holds the header listed. Durable before it returns."""
+    def _erase_zones(self, record: Record) -> None:
+        """Erase the page's erase block and write back its other pages."""
+        assert self.erasesize is not None, "a writable mtdoops store has its erasesize"
         zone, = record.zones
-        with self._lock:
-            if self.device.read_only or self.erasesize is None:
-                raise ReadOnlyError(f"{self.device.path}: mounted read-only")
-            snapshot, = record.snapshot
-            if self.device.read(zone.offset, len(snapshot)) != snapshot:
-                raise ZoneChangedError(f"{self.device.path}: mtdoops page {zone.index} at "
-                                       f"{zone.offset:#x} changed since it was listed: "
-                                       "nothing written")
-            erase_keeping(self.device, zone.offset, zone.size, self.erasesize)
-            self._cache.drop(record)
-        log.info("%s: erased %s (page at %#x)", self.device.path, self._name(record),
-                 zone.offset)
+        erase_keeping(self.device, zone.offset, zone.size, self.erasesize)
