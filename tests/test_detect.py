@@ -36,7 +36,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from writer import HEADER, Ring, ZoneWriter, deflate
 
-from pstorefs.store.zone.layout import geometry_from_options
 from pstorefs.cli.ctl import PROBE_FIELDS
 from pstorefs.errors import GeometryError, UsageError
 from pstorefs.format.abi import BE64, I386, X86_64, Abi, kmsg_header_struct
@@ -49,8 +48,9 @@ from pstorefs.format.consts import (
 )
 from pstorefs.store import Store, StoreConfig, open_store
 from pstorefs.store.device import Device
-from pstorefs.store.zone.detect import Detection, Hit, infer_layout, scan
+from pstorefs.store.zone.infer import Detection, infer_layout
 from pstorefs.store.zone.layout import SZ_128M, Geometry, geometry_from_options
+from pstorefs.store.zone.scan import Hit, scan
 from pstorefs.store.zone.store import find_layout
 
 KIB = 1024

@@ -29,7 +29,6 @@ from pstorefs.errors import GeometryError, PstoreError, ReadOnlyError, ZoneChang
 from pstorefs.format.consts import PstoreType
 from pstorefs.format.ramoops import (
     PERSISTENT_RAM_SIG,
-    RamoopsLayout,
     ecc_geometry,
     ecc_notice,
     parse_kmsg_hdr,
@@ -38,6 +37,7 @@ from pstorefs.store import Store, StoreConfig, open_store
 from pstorefs.store import ramoops as ramoops_store
 from pstorefs.store.base import Entry
 from pstorefs.store.device import Device
+from pstorefs.store.ramoops.layout import RamoopsGeometry
 
 BACKEND_FIXTURES = DATA / "fixtures-backends"
 CASES = [Case(d, json.loads((d / "case.json").read_text()))
@@ -77,9 +77,9 @@ def files(store: Store) -> dict[str, bytes]:
     return {store.entry(r).name: store.read(r) for r in store.records}
 
 
-def layout_of(case: Case) -> RamoopsLayout:
+def layout_of(case: Case) -> RamoopsGeometry:
     o = dict(kv.split("=", 1) for kv in case.meta["mount_options"].split(","))
-    return RamoopsLayout(case.meta["image_bytes"], int(o["record_size"]),
+    return RamoopsGeometry(case.meta["image_bytes"], int(o["record_size"]),
                          int(o["console_size"]), int(o["ftrace_size"]), int(o["pmsg_size"]),
                          int(o["ecc"]))
 
@@ -90,7 +90,7 @@ class Region:
     zapped at probe (`persistent_ram_post_init`), then written with
     `persistent_ram_write`, parity kept as `persistent_ram_update_ecc` keeps it."""
 
-    def __init__(self, layout: RamoopsLayout, *, ftrace_sig: int = FTRACE_SIG_6_1_192,
+    def __init__(self, layout: RamoopsGeometry, *, ftrace_sig: int = FTRACE_SIG_6_1_192,
                  fill: int = 0) -> None:
         self.layout = layout
         self.image = bytearray([fill]) * layout.mem_size
@@ -159,14 +159,14 @@ def dmesg(text: bytes, sec: int = 1700000000, usec: int = 123456, *, compress: b
     return f"===={sec}.{usec:06d}-D\n".encode() + text
 
 
-def open_image(path: Path, layout: RamoopsLayout, **kw: object) -> Store:
+def open_image(path: Path, layout: RamoopsGeometry, **kw: object) -> Store:
     return open_store(str(path), StoreConfig(
         backend="ramoops", record_size=layout.record_size, console_size=layout.console_size,
         ftrace_size=layout.ftrace_size, pmsg_size=layout.pmsg_size, ecc=layout.ecc_size,
         nr_cpus=layout.nr_cpus, **kw))  # type: ignore[arg-type]
 
 
-SMALL = RamoopsLayout(65536, record_size=8192, console_size=8192, ftrace_size=8192,
+SMALL = RamoopsGeometry(65536, record_size=8192, console_size=8192, ftrace_size=8192,
                       pmsg_size=8192, ecc_size=16)
 OOPS = b"Oops#1 Part1\n<4>[    1.000000] BUG: kernel NULL pointer dereference\n" * 40
 
@@ -265,7 +265,7 @@ def test_layout_and_probe() -> None:
 
 # -- the zone layout rule and the ECC geometry (08-other-backends-verified.md) --------------
 def test_dmesg_zone_size_is_aligned_down_not_record_size() -> None:
-    spans = RamoopsLayout(512 << 10, 32768, 65536, 32768, 16384, ecc_size=16).zones()
+    spans = RamoopsGeometry(512 << 10, 32768, 65536, 32768, 16384, ecc_size=16).zones()
     dmesg_zones = [s for s in spans if s.type is PstoreType.DMESG]
     assert len(dmesg_zones) == 12 and {s.size for s in dmesg_zones} == {0x8554}
     console = next(s for s in spans if s.type is PstoreType.CONSOLE)
@@ -285,15 +285,15 @@ def test_ecc_geometry(zone: int, data: int, blocks: int) -> None:
 
 
 def test_ftrace_per_cpu_zones_and_room() -> None:
-    spans = RamoopsLayout(65536, 8192, 8192, 8192, 8192, nr_cpus=3).zones()
+    spans = RamoopsGeometry(65536, 8192, 8192, 8192, 8192, nr_cpus=3).zones()
     ftrace = [s for s in spans if s.type is PstoreType.FTRACE]
     assert [(s.offset, s.size) for s in ftrace] == [(49152, 2730), (51882, 2730),
                                                     (54612, 2730)]  # ALIGN_DOWN(8192 / 3, 2)
     assert spans[-1].type is PstoreType.PMSG and spans[-1].offset == 57342
     with pytest.raises(GeometryError):
-        RamoopsLayout(16384, 8192, 8192, 8192, 8192).zones()
+        RamoopsGeometry(16384, 8192, 8192, 8192, 8192).zones()
     with pytest.raises(GeometryError):
-        RamoopsLayout(65536, 0, 0, 0, 0).zones()
+        RamoopsGeometry(65536, 0, 0, 0, 0).zones()
     with pytest.raises(GeometryError):
         ecc_geometry(40, 16)  # the parity would leave no room for data
 
@@ -487,7 +487,7 @@ def _ftrace_records(records: list[tuple[int, int, int]]) -> bytes:
 
 
 def test_ftrace_per_cpu_merged_each_in_ring_order(tmp_path: Path) -> None:
-    layout = RamoopsLayout(65536, 8192, 8192, 8192, 8192, nr_cpus=2)
+    layout = RamoopsGeometry(65536, 8192, 8192, 8192, 8192, nr_cpus=2)
     region = Region(layout)
     region.write(PstoreType.FTRACE, _ftrace_records([(0x10, 0x20, 9 << 8), (0x11, 0x21, 3 << 8)]),
                  index=0)
@@ -501,7 +501,7 @@ def test_ftrace_per_cpu_merged_each_in_ring_order(tmp_path: Path) -> None:
 
 
 def test_wrapped_ftrace_drops_the_partial_record(tmp_path: Path) -> None:
-    layout = RamoopsLayout(65536, 8192, 8192, 1024, 8192)
+    layout = RamoopsGeometry(65536, 8192, 8192, 1024, 8192)
     region = Region(layout)
     records = [(0x1000 + i, 0x2000 + i, i << 8) for i in range(60)]  # 1440 bytes > 1012
     region.write(PstoreType.FTRACE, _ftrace_records(records))
@@ -676,7 +676,7 @@ def test_erase_read_only(tmp_path: Path) -> None:
 
 
 def test_erase_every_ftrace_zone(tmp_path: Path) -> None:
-    layout = RamoopsLayout(65536, 8192, 8192, 8192, 8192, nr_cpus=3, ecc_size=16)
+    layout = RamoopsGeometry(65536, 8192, 8192, 8192, 8192, nr_cpus=3, ecc_size=16)
     region = Region(layout)
     for cpu in range(3):
         region.write(PstoreType.FTRACE, _ftrace_records([(0x10, 0x20, (4 << 8) | cpu)]), cpu)
@@ -698,7 +698,7 @@ def test_erase_every_ftrace_zone(tmp_path: Path) -> None:
 def test_sector_straddling_zap_writes_size_first(tmp_path: Path) -> None:
     """A zone whose start/size straddle a sector: `size` is zeroed (and synced) first,
     so a cut between the writes leaves start > size, which is never read."""
-    layout = RamoopsLayout(9200, 4096, 0, 0, 0)  # two zones of 4600: the second's
+    layout = RamoopsGeometry(9200, 4096, 0, 0, 0)  # two zones of 4600: the second's
     victim = layout.zones()[1]                    # start/size straddle 4608
     assert (victim.offset + 4) // 512 != (victim.offset + 11) // 512
     region = Region(layout)
@@ -763,7 +763,7 @@ def test_layout_detected(case: Case, given: str) -> None:
 
 
 def test_detects_cpus_ecc_and_a_console_after_the_dmesg_zones(tmp_path: Path) -> None:
-    layout = RamoopsLayout(131072, 16384, 16384, 16384, 16384, ecc_size=32, nr_cpus=4)
+    layout = RamoopsGeometry(131072, 16384, 16384, 16384, 16384, ecc_size=32, nr_cpus=4)
     region = Region(layout)
     region.record(dmesg(OOPS), 1)
     region.write(PstoreType.CONSOLE, b"console text\n")
@@ -776,8 +776,8 @@ def test_detects_cpus_ecc_and_a_console_after_the_dmesg_zones(tmp_path: Path) ->
 def test_console_or_last_dmesg_zone(last: str, tmp_path: Path) -> None:
     """A console zone and one more dmesg zone start at the same place when the sizes
     are equal: what it holds decides, and an empty one changes no file."""
-    with_console = RamoopsLayout(65536, 8192, 8192, 8192, 8192)
-    without = RamoopsLayout(65536, 8192, 0, 8192, 8192)
+    with_console = RamoopsGeometry(65536, 8192, 8192, 8192, 8192)
+    without = RamoopsGeometry(65536, 8192, 0, 8192, 8192)
     region = Region(without if last == "dmesg" else with_console)
     if last == "dmesg":
         region.record(dmesg(OOPS), 5)

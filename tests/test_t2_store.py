@@ -17,7 +17,6 @@ import pytest
 from conftest import CASES, ERASE_CASES, Case, case_by_id
 from writer import HEADER, Ring, ZoneWriter, deflate, kernel_sizes, layout
 
-from pstorefs.store.zone.layout import geometry_from_options
 from pstorefs.codecs.compression import decompress
 from pstorefs.errors import (
     GeometryError,

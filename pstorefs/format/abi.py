@@ -14,8 +14,9 @@ rounded up to that alignment. The kernel's own types: `atomic_t` is an `int`,
 
 `ABIS` lists the ABIs by canonical name, each with its derivation; `ABI_ALIASES` maps
 architecture names to them. The layouts were derived from these rules and checked
-against the tables of docs/01-zone-format.md and docs/00-overview.md ("Other ABIs");
-only `le64` (as x86_64) and `i386` are also checked against kernel-written images.
+against each architecture's C ABI (`tests/format/test_abis.py` derives every layout
+again by hand); only `le64` (as x86_64) and `i386` are also checked against
+kernel-written images.
 """
 
 from __future__ import annotations
@@ -194,6 +195,12 @@ ABI_ALIASES: dict[str, str] = {
 keeps the CPU in `ip`: `arm` is `le32`, the NR_CPUS > 4 kernel; name `le32-cpuip3` or
 `le32-cpuip1` for the others (or let auto-detection tell them from the ftrace records)."""
 
+def byte_order_abi(little_endian: bool) -> Abi:
+    """An ABI of that byte order, for structs that read the same on all of them (the
+    zone header, the ramoops header)."""
+    return next(abi for abi in ABIS.values() if abi.little_endian == little_endian)
+
+
 ABI_NAMES: tuple[str, ...] = (*ABIS, *ABI_ALIASES)
 """Every name `resolve_abi` takes, canonical names first."""
 
@@ -280,6 +287,15 @@ def field_span(definition: Struct, name: str) -> tuple[int, int]:
     """(offset, size) of field `name` in a fixed-size construct `Struct`."""
     member = next(m for m in definition.subcons if getattr(m, "name", None) == name)
     return offsetof(definition, name), member.sizeof()
+
+
+def field_format(definition: Struct, name: str) -> python_struct.Struct:
+    """Field `name` of a fixed-size construct `Struct` alone, as a `struct.Struct` (for
+    `unpack_from(buf, offsetof(...))`)."""
+    member = next(m for m in definition.subcons if getattr(m, "name", None) == name)
+    if not (isinstance(member, Renamed) and isinstance(member.subcon, FormatField)):
+        raise TypeError(f"{name!r} is not a fixed-size integer field")
+    return python_struct.Struct(member.subcon.fmtstr)
 
 
 def packed_format(definition: Struct) -> python_struct.Struct:

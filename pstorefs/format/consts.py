@@ -1,6 +1,7 @@
 """Constants of the pstore ABI, with the kernel's names and values."""
 
 import re
+from collections.abc import Callable, Iterable
 from enum import Enum, IntEnum
 
 PSZ_SIG = 0x43474244
@@ -14,6 +15,10 @@ PSZ_BUFFER_SIZE = 12
 
 BLKZ_BUFFER_SIZE = 8
 """sizeof(struct blkz_buffer) of the "blkoops" RFC (2019-2020): sig and datalen, no start."""
+
+MAX_CPUS = 4096
+"""The most CPUs a kernel of a pstore/zone era is built for (`CONFIG_NR_CPUS`' bound on
+x86_64): the most per-CPU ftrace zones a partition holds."""
 
 TS_CPU_SHIFT = 8
 """ftrace records keep the CPU in the low 8 bits of `ts` (fs/pstore/ftrace.c)."""
@@ -117,3 +122,16 @@ DUMP_HEADER = re.compile(
 """platform.c's first line of every dump, `"%s#%d Part%u\\n"`, with the reason names
 of every kernel era: the reason and counter (ramoops keeps them nowhere else), and
 what tells a compressor's output is the text it compressed."""
+
+
+def vote_little_endian(words: Iterable[tuple[bytes, Callable[[int], bool]]]) -> bool:
+    """The writer's byte order, from 4-byte words whose value each `expected` knows (a
+    header's signature or magic): the order under which more of them are what they
+    should be, little-endian on a tie. Every pstore struct is in the writer's order,
+    and no header says which that is."""
+    votes = 0
+    for word, expected in words:
+        if len(word) == 4:
+            votes += (expected(int.from_bytes(word, "little"))
+                      - expected(int.from_bytes(word, "big")))
+    return votes >= 0

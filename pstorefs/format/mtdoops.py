@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from construct import Int32ub, Int32ul, Int64sb, Int64sl, Struct
 
+from pstorefs.format.abi import field_span
 from pstorefs.format.zone import parse
 
 MTDOOPS_KERNMSG_MAGIC_v1 = 0x5D005D00
@@ -71,10 +72,15 @@ class PageHeader:
         return self.timestamp if self.timestamp is not None and self.timestamp > 0 else None
 
 
-def magic_at(raw: bytes, little_endian: bool) -> bool:
-    """Whether `raw` (a page's first bytes) carries an mtdoops magic in that byte order."""
-    order = "little" if little_endian else "big"
-    return len(raw) >= 8 and int.from_bytes(raw[4:8], order) in MTDOOPS_HEADER_SIZE
+def magic_word(raw: bytes) -> bytes:
+    """The bytes of a page's header where the magic is (either byte order's)."""
+    at, size = field_span(_HEADER[True], "magic")
+    return raw[at:at + size]
+
+
+def is_magic(value: int) -> bool:
+    """Whether `value` is one of mtdoops' header magics (v1, v2)."""
+    return value in MTDOOPS_HEADER_SIZE
 
 
 def parse_page_header(raw: bytes, offset: int, little_endian: bool) -> PageHeader | None:

@@ -12,7 +12,6 @@ zones share one signature (DBGC), and the ftrace zones carry DBGC XOR the writer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from construct import Int32ub, Int32ul, Struct
 
@@ -168,110 +167,13 @@ def ecc_notice(corrected: int, bad_blocks: int) -> bytes:
     return b"\nECC: No errors detected\n"
 
 
-class ZoneSpan(NamedTuple):
-    """One zone of the region: its type, its index among that type's, and its extent."""
-
-    type: PstoreType
-    index: int
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
-class RamoopsLayout:
-    """The ramoops parameters in bytes as the kernel uses them (sizes already rounded
-    down to powers of two), `mem_size` being the region's size and `nr_cpus` the
-    writer's `nr_cpu_ids` (module parameters always set `RAMOOPS_FLAG_FTRACE_PER_CPU`)."""
-
-    mem_size: int
-    record_size: int
-    console_size: int
-    ftrace_size: int
-    pmsg_size: int
-    ecc_size: int = 0
-    nr_cpus: int = 1
-
-    def zones(self) -> list[ZoneSpan]:
-        """Every zone in `ramoops_probe`'s order: dmesg x cnt, console, ftrace per CPU,
-        pmsg. Raises GeometryError where the probe fails."""
-        sizes = (self.record_size, self.console_size, self.ftrace_size, self.pmsg_size)
-        if self.mem_size <= 0 or not any(sizes):
-            raise GeometryError("ramoops needs a region and at least one of record_size, "
-                                "console_size, ftrace_size, pmsg_size")
-        if min(sizes) < 0 or self.nr_cpus < 1:
-            raise GeometryError("ramoops sizes must not be negative, nr_cpus at least 1")
-        zones: list[ZoneSpan] = []
-        dump_mem_sz = self.mem_size - self.console_size - self.ftrace_size - self.pmsg_size
-        if self.record_size and dump_mem_sz:
-            zones += self._przs(PstoreType.DMESG, 0, dump_mem_sz,
-                                _count(dump_mem_sz, self.record_size))
-        offset = zones[-1].offset + zones[-1].size if zones else 0
-        if self.console_size:
-            zones.append(self._prz(PstoreType.CONSOLE, offset, self.console_size))
-            offset += self.console_size
-        if self.ftrace_size:
-            ftrace = self._przs(PstoreType.FTRACE, offset, self.ftrace_size, self.nr_cpus)
-            zones += ftrace
-            offset = ftrace[-1].offset + ftrace[-1].size
-        if self.pmsg_size:
-            zones.append(self._prz(PstoreType.PMSG, offset, self.pmsg_size))
-        for zone in zones:
-            ecc_geometry(zone.size, self.ecc_size)
-        return zones
-
-    def _przs(self, ptype: PstoreType, offset: int, mem_sz: int, cnt: int) -> list[ZoneSpan]:
-        """`ramoops_init_przs`: `cnt` zones of `ALIGN_DOWN(mem_sz / cnt, 2)` bytes."""
-        self._check_room(ptype, offset, mem_sz)
-        zone_sz = mem_sz // cnt // 2 * 2
-        if not zone_sz:
-            raise GeometryError(f"ramoops {ptype.file_prefix} zone size is 0 "
-                                f"({mem_sz} bytes over {cnt} zones)")
-        return [ZoneSpan(ptype, i, offset + i * zone_sz, zone_sz) for i in range(cnt)]
-
-    def _prz(self, ptype: PstoreType, offset: int, size: int) -> ZoneSpan:
-        """`ramoops_init_prz`: one zone of exactly `size` bytes."""
-        self._check_room(ptype, offset, size)
-        return ZoneSpan(ptype, 0, offset, size)
-
-    def _check_room(self, ptype: PstoreType, offset: int, size: int) -> None:
-        if size < 0 or offset + size > self.mem_size:
-            raise GeometryError(f"no room for the ramoops {ptype.file_prefix} area "
-                                f"({size} bytes at {offset:#x}) in a {self.mem_size}-byte "
-                                "region")
-
-    def kernel_parameters(self) -> str:
-        """The module parameters that give this layout (`mem_address` is the region's
-        physical address, which an image does not tell)."""
-        params = [f"ramoops.mem_size={self.mem_size}", f"ramoops.record_size={self.record_size}",
-                  f"ramoops.console_size={self.console_size}",
-                  f"ramoops.ftrace_size={self.ftrace_size}",
-                  f"ramoops.pmsg_size={self.pmsg_size}", f"ramoops.ecc={self.ecc_size}"]
-        if self.ftrace_size:
-            params.append(f"nr_cpus={self.nr_cpus}")
-        return " ".join(params)
-
-    def mount_options(self) -> str:
-        """The `-o` options that pin this layout (ramoops' names, sizes in bytes)."""
-        return (f"backend=ramoops,record_size={self.record_size},"
-                f"console_size={self.console_size},ftrace_size={self.ftrace_size},"
-                f"pmsg_size={self.pmsg_size},ecc={self.ecc_size},nr_cpus={self.nr_cpus}")
-
-
-def _count(mem_sz: int, record_size: int) -> int:
-    cnt = mem_sz // record_size if mem_sz > 0 else 0
-    if cnt == 0:
-        raise GeometryError(f"record_size={record_size}: no dmesg zone fits in the "
-                            f"{max(mem_sz, 0)} bytes left for dmesg")
-    return cnt
-
-
 def rounddown_pow_of_two(size: int) -> int:
     """What `ramoops_probe` makes of a size that is not a power of two."""
     return 1 << (size.bit_length() - 1) if size > 0 else size
 
 
 @dataclass(frozen=True)
-class KmsgHeader:
+class RecordHeader:
     """What `ramoops_read_kmsg_hdr` makes of a dmesg record's first line: `length` 0
     means no header (the kernel zaps such a zone and shows nothing)."""
 
@@ -289,7 +191,7 @@ class KmsgHeader:
         return max(-(1 << 63), min(ns, (1 << 63) - 1))
 
 
-def parse_kmsg_hdr(content: bytes) -> KmsgHeader:
+def parse_kmsg_hdr(content: bytes) -> RecordHeader:
     """`ramoops_read_kmsg_hdr`: `"====%lld.%lu-%c\\n%n"`, else the older
     `"====%lld.%lu\\n%n"` (uncompressed), with the kernel's sscanf rules: numbers may
     follow white space, `\\n` matches any run of white space, the fraction is
@@ -298,8 +200,8 @@ def parse_kmsg_hdr(content: bytes) -> KmsgHeader:
         values, length = _sscanf(content, fmt)
         if len(values) == conversions and length is not None:
             compressed = conversions == 3 and values[2] == ord("C")
-            return KmsgHeader(_s64(values[0]), _s64(values[1] * 1000), compressed, length)
-    return KmsgHeader(0, 0, False, 0)
+            return RecordHeader(_s64(values[0]), _s64(values[1] * 1000), compressed, length)
+    return RecordHeader(0, 0, False, 0)
 
 
 def _s64(value: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct as python_struct
 from collections.abc import Sequence
 from functools import cache
@@ -12,8 +13,12 @@ from construct import ConstructError, Struct
 from pstorefs.errors import FormatError
 from pstorefs.format.abi import (
     Abi,
+    byte_order_abi,
+    field_format,
     field_span,
     kmsg_header_format,
+    kmsg_header_struct,
+    offsetof,
     zone_header_format,
     zone_header_struct,
 )
@@ -69,6 +74,51 @@ class KmsgHeader(NamedTuple):
         return max(-(1 << 63), min(ns, (1 << 63) - 1))
 
 
+RING_AND_DMESG_TYPES = (PstoreType.DMESG, PstoreType.CONSOLE, PstoreType.FTRACE,
+                        PstoreType.PMSG)
+"""The types pstore/zone writes zones of."""
+
+SIGNATURE = re.compile(b"|".join(
+    re.escape(zone_sig(ptype).to_bytes(4, order))
+    for ptype in RING_AND_DMESG_TYPES for order in ("little", "big")))
+"""Any zone's `sig` as the bytes a writer of either byte order leaves (`DBGC`...,
+`CGBD`...)."""
+
+HEADER_PROBE = PSZ_BUFFER_SIZE + 4
+"""Bytes that show a zone header found anywhere for what it is: the header, and the
+dmesg header's `magic` after either format's zone header (at +8 or +12)."""
+
+
+class FoundHeader(NamedTuple):
+    """A zone header found by its signature, before anything says where zones are."""
+
+    little_endian: bool
+    type: PstoreType
+    datalen: int
+    start: int
+    kmsg_format: ZoneFormat | None
+    """For dmesg: the format whose zone header the dmesg `magic` follows (None: no
+    magic after either, so not a record zone.c wrote)."""
+
+
+def parse_found_header(raw: bytes) -> FoundHeader | None:
+    """The zone header at the start of `raw` (`HEADER_PROBE` bytes), if its signature
+    is one pstore/zone writes, in the byte order it shows."""
+    if len(raw) < HEADER_PROBE or not SIGNATURE.fullmatch(raw[:4]):
+        return None
+    little = raw[1:3] == b"BG"  # "DBGC" read little-endian; big-endian is "CGBD"
+    abi = byte_order_abi(little)
+    sig, datalen, start = zone_header_format(abi).unpack_from(raw)
+    ptype = PstoreType(sig ^ zone_sig(PstoreType.DMESG))
+    kmsg_format = None
+    if ptype is PstoreType.DMESG:
+        magic = field_format(kmsg_header_struct(abi), "magic")
+        kmsg_format = next((fmt for fmt in (ZoneFormat.BLKOOPS, ZoneFormat.ZONE)
+                            if magic.unpack_from(raw, fmt.header_size)[0]
+                            == PSTORE_KMSG_HEADER_MAGIC), None)
+    return FoundHeader(little, ptype, datalen, start, kmsg_format)
+
+
 def parse_zone_header(abi: Abi, buf: bytes, offset: int,
                       fmt: ZoneFormat = ZoneFormat.ZONE) -> ZoneHeader:
     """`struct psz_buffer`, or the blkoops RFC's `struct blkz_buffer` (no `start`)."""
@@ -81,6 +131,19 @@ def parse_kmsg_header(abi: Abi, buf: bytes, offset: int) -> KmsgHeader:
     magic, tv_sec, tv_nsec, compressed, counter, reason = _unpack(
         kmsg_header_format(abi), buf, offset, "dmesg header")
     return KmsgHeader(magic, tv_sec, tv_nsec, compressed != 0, counter, reason)
+
+
+@cache
+def dmesg_probe_format(abi: Abi, header_size: int) -> python_struct.Struct:
+    """(`sig`, `datalen`, the dmesg header's `magic`) from a dmesg zone's first bytes,
+    its zone header being `header_size` bytes: `sig` and `datalen` open the zone header
+    of both formats. One unpack a zone, for the thousands a partition lists."""
+    zone_header = zone_header_struct(abi)
+    sig, datalen = (field_format(zone_header, name) for name in ("sig", "datalen"))
+    magic = field_format(kmsg_header_struct(abi), "magic")
+    gap = header_size - offsetof(zone_header, "datalen") - datalen.size
+    return python_struct.Struct(sig.format + datalen.format[1:] + f"{gap}x"
+                                + magic.format[1:])
 
 
 def _unpack(fmt: python_struct.Struct, buf: bytes, offset: int, what: str) -> tuple[int, ...]:

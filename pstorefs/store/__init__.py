@@ -2,9 +2,10 @@
 Python, no FUSE: the mount and the offline tool are both built on `open_store`.
 
 Each back end is a package (`zone`, `ramoops`, `mtdoops`, `blockconsole`) with
-`OPTIONS` (the StoreConfig fields it reads), `recognizes(read, size) -> bool` and `open_store(device, config, symbols) -> Store`;
-with `backend=auto` the first that recognizes the source is used, pstore/zone
-otherwise."""
+`OPTIONS` (the StoreConfig fields it reads), `recognizes(read, size) -> bool` (but
+pstore/zone, the back end of a source no other recognizes) and
+`open_store(device, config, symbols) -> Store`; with `backend=auto` the first that
+recognizes the source is used, pstore/zone otherwise."""
 
 from __future__ import annotations
 

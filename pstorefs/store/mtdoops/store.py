@@ -17,13 +17,14 @@ import logging
 from collections.abc import Callable
 
 from pstorefs.errors import DeviceError, GeometryError, UsageError
-from pstorefs.format.consts import PstoreType
+from pstorefs.format.consts import PstoreType, vote_little_endian
 from pstorefs.format.kallsyms import SymbolTable
 from pstorefs.format.mtdoops import (
     HEADER_PROBE,
     PageHeader,
     age,
-    magic_at,
+    is_magic,
+    magic_word,
     newest_seq,
     page_text,
     parse_page_header,
@@ -107,8 +108,8 @@ class MtdoopsStore(Store):
         self.erasesize = erasesize
         self.pages = device.size // record_size
         probes = self._read_headers()
-        self.little_endian = (sum(magic_at(raw, True) for raw in probes.values())
-                              >= sum(magic_at(raw, False) for raw in probes.values()))
+        self.little_endian = vote_little_endian((magic_word(raw), is_magic)
+                                                for raw in probes.values())
         self._headers: dict[Record, PageHeader] = {}
         self._records = self._recover(probes)
         self._keep_slots(len(self._records))

@@ -27,39 +27,36 @@ then prints; pstorefs prints the records and puts the notice after them.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from pstorefs.codecs.compression import decompress
 from pstorefs.codecs.reed_solomon import rs_codec
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi, resolve_abi
-from pstorefs.format.consts import DUMP_HEADER, PSTORE_KMSG_HEADER_MAGIC, PstoreType
+from pstorefs.format.consts import DUMP_HEADER, PstoreType, vote_little_endian
 from pstorefs.format.ftrace import merge_zones, parse_records, render_text
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.ramoops import (
-    MIN_MEM_SIZE,
     PERSISTENT_RAM_BUFFER_SIZE,
-    PERSISTENT_RAM_SIG,
-    RAMOOPS_KERNMSG_HDR,
     EccGeometry,
     RamBuffer,
-    RamoopsLayout,
     build_buffer,
     ecc_geometry,
     ecc_notice,
     parse_buffer,
     parse_kmsg_hdr,
     ring_content,
-    rounddown_pow_of_two,
     sig_matches,
     zap_writes,
 )
 from pstorefs.store.base import DEFAULT_CACHE_BUDGET, Decoded, Layout, Record, Store, Zone
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
+from pstorefs.store.ramoops.detect import find_layout
+from pstorefs.store.ramoops.layout import RamoopsGeometry
 
 log = logging.getLogger(__name__)
 
@@ -75,34 +72,6 @@ _DMESG_PROBE = 256
 kernel writes it) with room to spare; the whole record is read only if the line's
 trailing white space runs past them."""
 
-_MIN_FTRACE_VERSION = 0x30000
-"""`KERNEL_VERSION(3, 0, 0)`: detection takes an ftrace signature for one only when it
-holds a version code that old or newer."""
-
-def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
-    """Whether the source starts as a ramoops region: zone 0's header (a dmesg zone,
-    or console or pmsg where there is none) is DBGC in either byte order with
-    `start <= size` within the region, and no pstore/zone dmesg header follows it. A
-    pstore/zone partition starting with DBGC has the dmesg magic at +12 (+8 in the
-    blkoops RFC format), or a `start` of 0 below a `datalen`: read as ramoops,
-    `start > size`. (A region of ftrace zones alone starts with DBGC XOR a version
-    code, which the other byte order's pstore/zone signatures can look like: not
-    recognized, `backend=ramoops` reads it.)"""
-    if size < 2 * PERSISTENT_RAM_BUFFER_SIZE:
-        return False
-    try:
-        head = read(0, 2 * PERSISTENT_RAM_BUFFER_SIZE)
-    except DeviceError:
-        return False
-    for little in (True, False):
-        buffer = parse_buffer(head, 0, little_endian=little)
-        magic = PSTORE_KMSG_HEADER_MAGIC.to_bytes(4, "little" if little else "big")
-        if (buffer.sig == PERSISTENT_RAM_SIG
-                and buffer.valid(size - PERSISTENT_RAM_BUFFER_SIZE)
-                and magic not in (head[8:12], head[12:16])):
-            return True
-    return False
-
 
 def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> RamoopsStore:
     """The ramoops back end. With any of `console_size`, `ftrace_size`, `pmsg_size`
@@ -113,214 +82,6 @@ def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> Ram
                         abi=None if config.abi == "auto" else resolve_abi(config.abi),
                         symbols=symbols, assumed=assumed)
 
-
-def find_layout(device: Device, config: StoreConfig) -> tuple[RamoopsLayout, list[str]]:
-    """The options' layout if they give one, else the one detected, else (an empty or
-    never probed region) the module parameters' defaults."""
-    if config.layout_given:
-        return layout_from_options(config, device.size)
-    record_size = rounddown_pow_of_two(config.record_size) if config.record_size else None
-    found = detect_layout(device.read, device.size, record_size=record_size,
-                          ecc=config.ecc, nr_cpus=config.nr_cpus)
-    if found is None:
-        layout, notes = layout_from_options(config, device.size)
-        notes.append("no ramoops layout fits the zone headers: the module parameters' "
-                     "defaults assumed")
-        log.warning("%s: %s", device.path, notes[-1])
-        return layout, notes
-    log.info("%s: layout detected: %s", device.path, found.mount_options())
-    return found, []
-
-
-def layout_from_options(config: StoreConfig, mem_size: int) -> tuple[RamoopsLayout, list[str]]:
-    """The layout `ramoops_probe` makes of the options as module parameters: a size not
-    given is ram.c's default (4096), one not a power of two is rounded down, a size
-    <= 0 turns its area off, and `ecc=1` means 16."""
-    notes: list[str] = []
-
-    def size(key: str) -> int:
-        given = getattr(config, key)
-        value = MIN_MEM_SIZE if given is None else max(given, 0)
-        rounded = rounddown_pow_of_two(value)
-        if rounded != value:
-            notes.append(f"{key}={value} is not a power of two: the kernel uses {rounded}")
-        return rounded
-
-    layout = RamoopsLayout(mem_size=mem_size, record_size=size("record_size"),
-                           console_size=size("console_size"), ftrace_size=size("ftrace_size"),
-                           pmsg_size=size("pmsg_size"),
-                           ecc_size=16 if config.ecc == 1 else config.ecc or 0,
-                           nr_cpus=config.nr_cpus or 1)
-    for note in notes:
-        log.warning("%s, and so does pstorefs", note)
-    return layout, notes
-
-
-_DETECT_MIN_SIZE = 512
-"""The smallest area size detection tries (sizes are powers of two, see
-`rounddown_pow_of_two`)."""
-
-_DETECT_MAX_CPUS = 64
-"""The most per-CPU ftrace zones detection tries when `nr_cpus=` is not given."""
-
-_DETECT_ECC_SIZES = (16, 32, 64, 8, 4, 2)
-"""The `ecc=` values detection tries (1 means 16); any other must be given."""
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A layout whose every zone start holds a header of its type, and how well the
-    zones' contents fit their types."""
-
-    layout: RamoopsLayout
-    zones: int
-    dmesg_fit: int
-    areas: int
-
-    @property
-    def score(self) -> tuple[int, int, int, int]:
-        """More zones explained first; then dmesg zones that hold `====` records; then
-        the module parameters' habit of having every area; then console over pmsg."""
-        return (self.zones, self.dmesg_fit, self.areas, self.layout.console_size > 0)
-
-
-def detect_layout(read: Callable[[int, int], bytes], mem_size: int, *,
-                  record_size: int | None = None, ecc: int | None = None,
-                  nr_cpus: int | None = None) -> RamoopsLayout | None:
-    """The layout that puts a ramoops header under every zone start it has, found by
-    trying the sizes (powers of two) `ramoops_probe` could have used.
-
-    Every zone the kernel set up carries a header (its probe signs and zaps every zone
-    whose signature is wrong), and data never looks like one, so a wrong layout puts a
-    zone start in the middle of data; of the layouts left, the one with the most zones
-    is the writer's (a coarser one skips headers). Where two explain the same headers
-    (a last empty dmesg zone or a console; a console or a pmsg), `_Candidate.score`
-    decides, which changes no file shown. `ecc` is found from the header parity at the
-    zone ends. None when no layout fits (no DBGC header at the start)."""
-    headers = _HeaderReader(read, mem_size)
-    if headers.get(0) is None:
-        return None
-    sizes = [0] + [1 << k for k in range(_DETECT_MIN_SIZE.bit_length() - 1,
-                                         mem_size.bit_length()) if 1 << k < mem_size]
-    records = [record_size] if record_size else sizes
-    cpus = [nr_cpus] if nr_cpus else list(range(1, _DETECT_MAX_CPUS + 1))
-    areas: dict[int, list[tuple[int, int, int]]] = {}
-    for console, ftrace, pmsg in itertools.product(sizes, repeat=3):
-        if console + ftrace + pmsg < mem_size:
-            areas.setdefault(console + ftrace + pmsg, []).append((console, ftrace, pmsg))
-    best: _Candidate | None = None
-    for record, (rest, splits) in itertools.product(records, areas.items()):
-        dmesg = headers.dmesg_zones(mem_size - rest, record)
-        if dmesg is None:
-            continue
-        end = dmesg[-1][0] + dmesg[-1][1] if dmesg else 0
-        fit = sum(headers.dmesg_fit(offset) for offset, _ in dmesg)
-        for console, ftrace, pmsg in splits:
-            for cpu_count in cpus if ftrace else [1]:
-                zones = headers.areas(end, console, ftrace, pmsg, cpu_count)
-                if zones is None or (not dmesg and not zones):
-                    continue
-                layout = RamoopsLayout(mem_size, record if dmesg else 0, console, ftrace,
-                                       pmsg, nr_cpus=cpu_count)
-                found = _Candidate(layout, len(dmesg) + zones, fit,
-                                   (console > 0) + (ftrace > 0) + (pmsg > 0))
-                if best is None or found.score > best.score:
-                    best = found
-    if best is None:
-        return None
-    ecc_size = (16 if ecc == 1 else ecc) if ecc is not None else headers.ecc(best.layout)
-    return dataclasses.replace(best.layout, ecc_size=ecc_size)
-
-
-class _HeaderReader:
-    """Zone headers of the region, each read once."""
-
-    def __init__(self, read: Callable[[int, int], bytes], mem_size: int) -> None:
-        self._read = read
-        self.mem_size = mem_size
-        self._cache: dict[int, RamBuffer | None] = {}
-        head = self._raw(0, 4)
-        self.little_endian = head != PERSISTENT_RAM_SIG.to_bytes(4, "big")
-
-    def _raw(self, offset: int, length: int) -> bytes:
-        try:
-            return self._read(offset, length)
-        except DeviceError:
-            return b""
-
-    def get(self, offset: int) -> RamBuffer | None:
-        """The header at `offset` if it reads as a ramoops one (DBGC, or DBGC XOR a
-        version code) with `start <= size` within the region."""
-        if offset not in self._cache:
-            raw = self._raw(offset, PERSISTENT_RAM_BUFFER_SIZE) if (
-                offset + PERSISTENT_RAM_BUFFER_SIZE <= self.mem_size) else b""
-            buffer = parse_buffer(raw, offset, little_endian=self.little_endian) if len(
-                raw) == PERSISTENT_RAM_BUFFER_SIZE else None
-            self._cache[offset] = buffer if buffer and buffer.valid(self.mem_size) and (
-                sig_matches(PstoreType.FTRACE, buffer.sig)) else None
-        return self._cache[offset]
-
-    def fits(self, offset: int, size: int, ptype: PstoreType) -> bool:
-        """Whether a zone of `ptype` and `size` at `offset` has its header. An ftrace
-        signature must hold a real version code (3.0 on), not plain DBGC."""
-        buffer = self.get(offset)
-        if buffer is None or buffer.size > size - PERSISTENT_RAM_BUFFER_SIZE:
-            return False
-        version = buffer.sig ^ PERSISTENT_RAM_SIG
-        if ptype is PstoreType.FTRACE:
-            return sig_matches(ptype, buffer.sig) and version >= _MIN_FTRACE_VERSION
-        return version == 0
-
-    def dmesg_zones(self, dump_mem_sz: int, record_size: int) -> list[tuple[int, int]] | None:
-        """The dmesg zones `ramoops_init_przs` cuts, if each has its header."""
-        if not record_size:
-            return []
-        if dump_mem_sz < record_size:
-            return None
-        cnt = dump_mem_sz // record_size
-        zone_sz = dump_mem_sz // cnt // 2 * 2
-        if zone_sz <= PERSISTENT_RAM_BUFFER_SIZE or not all(
-                self.fits(i * zone_sz, zone_sz, PstoreType.DMESG) for i in range(cnt)):
-            return None
-        return [(i * zone_sz, zone_sz) for i in range(cnt)]
-
-    def dmesg_fit(self, offset: int) -> int:
-        """+1 for a dmesg zone holding a `====` record, -1 for one holding anything
-        else (the kernel would zap it), 0 for an empty one."""
-        buffer = self.get(offset)
-        if buffer is None or buffer.size == 0:
-            return 0
-        head = self._raw(offset + PERSISTENT_RAM_BUFFER_SIZE, 4)
-        return 1 if head == RAMOOPS_KERNMSG_HDR else -1
-
-    def areas(self, offset: int, console: int, ftrace: int, pmsg: int,
-              cpus: int) -> int | None:
-        """How many zones the console, ftrace and pmsg areas after the dmesg zones
-        have, if each has its header; None if one does not."""
-        if console and not self.fits(offset, console, PstoreType.CONSOLE):
-            return None
-        offset += console
-        zone_sz = ftrace // cpus // 2 * 2
-        if ftrace and (zone_sz <= PERSISTENT_RAM_BUFFER_SIZE or not all(
-                self.fits(offset + i * zone_sz, zone_sz, PstoreType.FTRACE)
-                for i in range(cpus))):
-            return None
-        offset += cpus * zone_sz if ftrace else 0
-        if pmsg and not self.fits(offset, pmsg, PstoreType.PMSG):
-            return None
-        return (console > 0) + (cpus if ftrace else 0) + (pmsg > 0)
-
-    def ecc(self, layout: RamoopsLayout) -> int:
-        """The `ecc_size` whose parity of each zone's header is at the zone's end: the
-        kernel writes it whenever it writes a header (0 if none fits)."""
-        spans = layout.zones()
-        for ecc_size in _DETECT_ECC_SIZES:
-            codec = rs_codec(ecc_size)
-            if all(codec.encode(self._raw(span.offset, PERSISTENT_RAM_BUFFER_SIZE))
-                   == self._raw(span.offset + span.size - ecc_size, ecc_size)
-                   for span in spans):
-                return ecc_size
-        return 0
 
 
 @dataclass(frozen=True)
@@ -345,15 +106,14 @@ class RamoopsStore(Store):
     is asked for, and kept in a fixed-budget cache.
     """
 
-    def __init__(self, device: Device, layout: RamoopsLayout, *, name: str,
+    def __init__(self, device: Device, layout: RamoopsGeometry, *, name: str,
                  abi: Abi | None = None, symbols: SymbolTable = NO_SYMBOLS,
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = ()) -> None:
         super().__init__(device, name, cache_budget)
         self.parameters = layout
         self.symbols = symbols
         self.assumed = tuple(assumed)
-        self.zones = [Zone(span.type, span.index, span.offset, span.size,
-                           PERSISTENT_RAM_BUFFER_SIZE) for span in layout.zones()]
+        self.zones = layout.zones()
         self._codec = rs_codec(layout.ecc_size) if layout.ecc_size else None
         self._ecc_counts: dict[Record, tuple[int, int]] = {}
         self.little_endian = abi.little_endian if abi else self._little_endian()
@@ -381,16 +141,14 @@ class RamoopsStore(Store):
     # -- listing ----------------------------------------------------------------
     def _little_endian(self) -> bool:
         """The writer's byte order, from the signatures at the zone starts."""
-        votes = {True: 0, False: 0}
-        for zone in self.zones:
-            try:
-                raw = self.device.read(zone.offset, 4)
-            except DeviceError:
-                continue
-            for little in votes:
-                votes[little] += sig_matches(zone.type, int.from_bytes(
-                    raw, "little" if little else "big"))
-        return votes[True] >= votes[False]
+        def words() -> Iterator[tuple[bytes, Callable[[int], bool]]]:
+            for zone in self.zones:
+                try:
+                    yield self.device.read(zone.offset, 4), partial(sig_matches, zone.type)
+                except DeviceError:
+                    continue
+
+        return vote_little_endian(words())
 
     def _snapshot(self, zone: Zone) -> bytes:
         """The bytes that identify what a zone holds, re-read before an erase: its

@@ -18,6 +18,28 @@ log = logging.getLogger(__name__)
 SZ_128M = 128 << 20
 """pstore/zone caps the area it uses at 128 MiB since Linux 5.11."""
 
+DEFAULT_SIZE = 64 << 10
+"""The kernel's default for every area (CONFIG_PSTORE_BLK_*_SIZE, blkoops' dmesg_size)."""
+
+
+def default_size(extent: int) -> int:
+    """The size assumed for an area whose end the bytes do not show: the kernel's
+    default, or the smallest power of two (in 4 KiB) that holds what was found."""
+    size = DEFAULT_SIZE
+    if extent > size:
+        size = 4096
+        while size < extent:
+            size *= 2
+    return size
+
+
+def align_up(value: int, to: int = 4096) -> int:
+    return -(-value // to) * to
+
+
+def align_down(value: int, to: int = 4096) -> int:
+    return value // to * to
+
 
 class ZoneList(LazySequence[Zone]):
     """Every zone, in the kernel's order: the few of pmsg, console and ftrace as they

@@ -3,21 +3,17 @@ them when asked, erase them as zone.c does."""
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
-import struct
 from array import array
-from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from collections.abc import Sequence
 
 from pstorefs.codecs.compression import decompress
 from pstorefs.errors import DeviceError
-from pstorefs.format.abi import ABIS, Abi, resolve_abi
+from pstorefs.format.abi import Abi, byte_order_abi, resolve_abi
 from pstorefs.format.abi_detect import detect_abi
 from pstorefs.format.consts import (
     PSTORE_KMSG_HEADER_MAGIC,
-    PSZ_BUFFER_SIZE,
     KmsgDumpReason,
     PstoreType,
     ZoneFormat,
@@ -42,14 +38,12 @@ from pstorefs.store.base import DEFAULT_CACHE_BUDGET, Decoded, Layout, Record, S
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
-from pstorefs.store.lazy import LazySequence
 from pstorefs.store.zone.detect import Detection, detect, uncap, zone_format_at_start
-from pstorefs.store.zone.layout import Geometry, ZoneList, geometry_from_options
+from pstorefs.store.zone.layout import Geometry, geometry_from_options
+from pstorefs.store.zone.recovery import Listing, Probes
 
 log = logging.getLogger(__name__)
 
-_KMSG_PROBE = PSZ_BUFFER_SIZE + max(abi.kmsg_header_size for abi in ABIS.values())
-"""Bytes read from each dmesg zone to list it: its header and the largest dmesg header."""
 
 _RING_TYPES = (PstoreType.FTRACE, PstoreType.PMSG, PstoreType.CONSOLE)
 """After the dmesg zones, the kernel reads ftrace, then pmsg, then console."""
@@ -112,10 +106,8 @@ class ZoneStore(Store):
         self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
-        probes = _Probes(self.zones, {zone: raw for zone in self.zones.rings
-                          if (raw := self._probe(zone)) is not None},
-                         [self._probe(zone) for zone in self.zones.dmesg_zones()])
-        self._byte_order = abi if abi else _order_abi(self._little_endian(probes))
+        probes = Probes.read(device, self.zones)
+        self._byte_order = abi or byte_order_abi(probes.little_endian())
         if abi is None:
             abi, note = self._detect_abi(probes)
             if note:
@@ -154,35 +146,12 @@ class ZoneStore(Store):
                 f"{g.mount_options()}{cap}: {len(self.zones)} zones, "
                 f"{len(self._records)} records")
 
-    # -- listing ----------------------------------------------------------------
-    def _probe(self, zone: Zone) -> bytes | None:
-        """The zone's header bytes (and a dmesg zone's dmesg header), or None if they
-        cannot be read: that zone is skipped."""
-        length = _KMSG_PROBE if zone.type is PstoreType.DMESG else PSZ_BUFFER_SIZE
-        try:
-            return self.device.read(zone.offset, min(length, zone.size))
-        except DeviceError as exc:
-            log.error("%s zone %d at %#x: %s: skipped", zone.type.file_prefix,
-                      zone.index, zone.offset, exc)
-            return None
-
-    @staticmethod
-    def _little_endian(probes: _Probes) -> bool:
-        """The writer's byte order, from the signatures at the zone starts (all zone.c
-        structs are host-endian, the zone header included)."""
-        def signatures(order: Literal["little", "big"]) -> int:
-            dmesg = zone_sig(PstoreType.DMESG).to_bytes(4, order)
-            return (sum(raw[:4] == dmesg for raw in probes.dmesg if raw)
-                    + sum(raw[:4] == zone_sig(zone.type).to_bytes(4, order)
-                          for zone, raw in probes.rings.items()))
-
-        return signatures("big") <= signatures("little")
-
-    def _detect_abi(self, probes: _Probes) -> tuple[Abi, str | None]:
+    # -- recovery: psz_recovery ------------------------------------------------------
+    def _detect_abi(self, probes: Probes) -> tuple[Abi, str | None]:
         """The writer's ABI, from its dmesg headers and ftrace records."""
         first = self.zones.dmesg(0)  # every dmesg zone has its header size and room
         kmsg_headers = [raw[first.header_size:] for _, sig, datalen, _, raw
-                        in probes.dmesg_fields(self._byte_order, first.header_size)
+                        in probes.dmesg_fields(self._byte_order)
                         if sig == zone_sig(PstoreType.DMESG)
                         and 0 < datalen <= first.buffer_size]
         ftrace_zones = [self._ring_data(zone, self._header(zone, raw))
@@ -202,13 +171,12 @@ class ZoneStore(Store):
             return None
         return ring_unwrap(data, header)
 
-    def _recover(self, probes: _Probes) -> _Listing:
+    def _recover(self, probes: Probes) -> Listing:
         """The records, as `psz_recovery` + `psz_pstore_read` find them."""
         first = self.zones.dmesg(0)  # every dmesg zone has its header size and room
         width = first.header_size + self._kmsg_header_size
         ids, heads = array("q"), bytearray()
-        for index, sig, datalen, magic, raw in probes.dmesg_fields(self._byte_order,
-                                                                   first.header_size):
+        for index, sig, datalen, magic, raw in probes.dmesg_fields(self._byte_order):
             if (self.geometry.format is ZoneFormat.BLKOOPS
                     and sig != zone_sig(PstoreType.DMESG)):
                 break  # blkz_recover_dmesg_meta: zones are used in order, none after
@@ -222,7 +190,7 @@ class ZoneStore(Store):
             if zones:
                 rings.append(Record(ptype, 0, tuple(zones),
                                     snapshot=tuple(probes.rings[z] for z in zones)))
-        return _Listing(self._dmesg_record, ids, bytes(heads), width, rings)
+        return Listing(self._dmesg_record, ids, bytes(heads), width, rings)
 
     def _dmesg_record(self, index: int, head: bytes) -> Record:
         """A live dmesg record, from its zone index and the header bytes listed."""
@@ -232,7 +200,7 @@ class ZoneStore(Store):
                       compressed=kmsg.compressed, reason=kmsg.reason, counter=kmsg.counter,
                       snapshot=(head,))
 
-    def _recover_erased(self, probes: _Probes) -> list[Record]:
+    def _recover_erased(self, probes: Probes) -> list[Record]:
         """Zones `rm` erased (`datalen` 0, the signature kept) whose bytes remain: a
         dmesg zone with its dmesg header intact, a ring zone with data after the header.
         Each CPU's ftrace zone is its own record here, as their order is lost.
@@ -266,7 +234,7 @@ class ZoneStore(Store):
         return parse_kmsg_header(self.abi, raw[zone.header_size:],
                                  zone.offset + zone.header_size)
 
-    # -- files --------------------------------------------------------------------
+    # -- read: psz_pstore_read --------------------------------------------------------
     def _slot(self, record: Record) -> int | None:
         """Its place in `records`, then in `erased` (see `Store._slot`)."""
         if record.erased:
@@ -375,7 +343,7 @@ class ZoneStore(Store):
             per_cpu.append(parse_records(self.abi, data))
         return render_text(merge_zones(per_cpu), self.symbols)
 
-    # -- erase ----------------------------------------------------------------------
+    # -- erase: psz_pstore_erase -------------------------------------------------------
     def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
         """As listed, or as an erase of ours that failed part-way left it (an EIO on
         fdatasync, a cut between two writes): the record is still ours, and a retried
@@ -408,9 +376,6 @@ class ZoneStore(Store):
             self.device.write_fields(zone.offset, erase_writes(self._byte_order, ring=ring))
 
 
-def _order_abi(little_endian: bool) -> Abi:
-    """An ABI of that byte order: the zone header reads the same on all of them."""
-    return next(abi for abi in ABIS.values() if abi.little_endian == little_endian)
 
 
 def _decompress_trimmed(payload: bytes, limit: int) -> tuple[bytes, str] | None:
@@ -424,86 +389,5 @@ def _decompress_trimmed(payload: bytes, limit: int) -> tuple[bytes, str] | None:
     return None
 
 
-@dataclasses.dataclass
-class _Probes:
-    """What opening read at each zone's start: the ring zones' by zone, the dmesg
-    zones' by index (None where unreadable). Kept only while the store opens."""
-
-    zones: ZoneList
-    rings: dict[Zone, bytes]
-    dmesg: list[bytes | None]
-
-    def dmesg_items(self) -> Iterator[tuple[Zone, bytes]]:
-        return ((self.zones.dmesg(index), raw) for index, raw in enumerate(self.dmesg)
-                if raw is not None)
-
-    def dmesg_fields(self, order: Abi, header_size: int
-                     ) -> Iterator[tuple[int, int, int, int, bytes]]:
-        """(zone index, `sig`, `datalen`, the dmesg header's `magic`, the bytes) of each
-        dmesg zone read, without a zone object or a header object each: `sig` and
-        `datalen` open the zone header of both formats, `magic` the dmesg header."""
-        fields = struct.Struct(f"{'<' if order.little_endian else '>'}Ii{header_size - 8}xI")
-        return ((index, *fields.unpack_from(raw), raw) for index, raw in enumerate(self.dmesg)
-                if raw is not None and len(raw) >= fields.size)
-
-    def items(self) -> Iterator[tuple[Zone, bytes]]:
-        yield from self.rings.items()
-        yield from self.dmesg_items()
 
 
-class _Listing(LazySequence[Record]):
-    """The records found, in the kernel's read order: the live dmesg records, then the
-    ring records.
-
-    A 128 MiB partition lists 16,384 dmesg records. Each is kept as its zone index and
-    the header bytes listed (its `snapshot`, which erase compares): some 70 bytes, where
-    a record's objects take some 500. It is made again when asked for, equal to the one
-    made before, so it finds what was kept for it."""
-
-    def __init__(self, make: Callable[[int, bytes], Record], ids: array[int], heads: bytes,
-                 width: int, rings: list[Record]) -> None:
-        self._make = make
-        self._ids = ids
-        self._heads = heads
-        self._width = width
-        self._rings = rings
-
-    def __len__(self) -> int:
-        return len(self._ids) + len(self._rings)
-
-    def _item(self, at: int) -> Record:
-        if at >= len(self._ids):
-            return self._rings[at - len(self._ids)]
-        return self._make(self._ids[at], self._head(at))
-
-    def __contains__(self, record: object) -> bool:
-        return isinstance(record, Record) and self.position(record) is not None
-
-    def index(self, record: object, start: int = 0, stop: int | None = None) -> int:
-        at = self.position(record) if isinstance(record, Record) else None
-        if at is None or not start <= at < (len(self) if stop is None else stop):
-            raise ValueError("not a record of this listing")
-        return at
-
-    def position(self, record: Record) -> int | None:
-        """Where `record` is in the listing, or None if it is not in it."""
-        if record.type is PstoreType.DMESG and not record.erased:
-            at = self._at_id(record.id)
-            return at if at is not None and record.snapshot == (self._head(at),) else None
-        return next((len(self._ids) + k for k, ring in enumerate(self._rings)
-                     if ring == record), None)
-
-    def by_id(self, prefix: str, record_id: int) -> Record | None:
-        """The record whose file name starts `<prefix>-<name>-<record_id>`."""
-        if prefix == PstoreType.DMESG.file_prefix:
-            at = self._at_id(record_id)
-            return None if at is None else self[at]
-        return next((ring for ring in self._rings
-                     if ring.type.file_prefix == prefix and ring.id == record_id), None)
-
-    def _at_id(self, zone_index: int) -> int | None:
-        at = bisect.bisect_left(self._ids, zone_index)
-        return at if at < len(self._ids) and self._ids[at] == zone_index else None
-
-    def _head(self, at: int) -> bytes:
-        return self._heads[at * self._width:(at + 1) * self._width]

@@ -1,0 +1,131 @@
+"""What `psz_recovery` works from: the bytes at every zone's start (`Probes`), read once
+while a store opens, and the records found, kept compact (`Listing`)."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+from array import array
+from collections.abc import Callable, Iterator
+
+from pstorefs.errors import DeviceError
+from pstorefs.format.abi import ABIS, Abi
+from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, vote_little_endian, zone_sig
+from pstorefs.format.zone import dmesg_probe_format
+from pstorefs.store.base import Record, Zone
+from pstorefs.store.device import Device
+from pstorefs.store.lazy import LazySequence
+from pstorefs.store.zone.layout import ZoneList
+
+log = logging.getLogger(__name__)
+
+_KMSG_PROBE = PSZ_BUFFER_SIZE + max(abi.kmsg_header_size for abi in ABIS.values())
+"""Bytes read from each dmesg zone to list it: its header and the largest dmesg header."""
+
+
+@dataclasses.dataclass
+class Probes:
+    """What opening read at each zone's start: the ring zones' by zone, the dmesg
+    zones' by index (None where unreadable). Kept only while the store opens."""
+
+    zones: ZoneList
+    rings: dict[Zone, bytes]
+    dmesg: list[bytes | None]
+
+    def dmesg_items(self) -> Iterator[tuple[Zone, bytes]]:
+        return ((self.zones.dmesg(index), raw) for index, raw in enumerate(self.dmesg)
+                if raw is not None)
+
+    @classmethod
+    def read(cls, device: Device, zones: ZoneList) -> Probes:
+        """The first bytes of every zone (`_KMSG_PROBE` of a dmesg zone, the header of
+        the others); a zone that cannot be read is skipped, and said."""
+        def probe(zone: Zone) -> bytes | None:
+            length = _KMSG_PROBE if zone.type is PstoreType.DMESG else PSZ_BUFFER_SIZE
+            try:
+                return device.read(zone.offset, min(length, zone.size))
+            except DeviceError as exc:
+                log.error("%s zone %d at %#x: %s: skipped", zone.type.file_prefix,
+                          zone.index, zone.offset, exc)
+                return None
+
+        return cls(zones, {zone: raw for zone in zones.rings if (raw := probe(zone)) is not None},
+                   [probe(zone) for zone in zones.dmesg_zones()])
+
+    def little_endian(self) -> bool:
+        """The writer's byte order, from the signatures at the zone starts (all zone.c
+        structs are host-endian, the zone header included)."""
+        dmesg = zone_sig(PstoreType.DMESG).__eq__
+        return vote_little_endian([*((raw[:4], dmesg) for raw in self.dmesg if raw),
+                                   *((raw[:4], zone_sig(zone.type).__eq__)
+                                     for zone, raw in self.rings.items())])
+
+    def dmesg_fields(self, order: Abi) -> Iterator[tuple[int, int, int, int, bytes]]:
+        """(zone index, `sig`, `datalen`, the dmesg header's `magic`, the bytes) of each
+        dmesg zone read, without a zone object or a header object each."""
+        fields = dmesg_probe_format(order, self.zones.dmesg(0).header_size)
+        return ((index, *fields.unpack_from(raw), raw) for index, raw in enumerate(self.dmesg)
+                if raw is not None and len(raw) >= fields.size)
+
+    def items(self) -> Iterator[tuple[Zone, bytes]]:
+        yield from self.rings.items()
+        yield from self.dmesg_items()
+
+
+class Listing(LazySequence[Record]):
+    """The records found, in the kernel's read order: the live dmesg records, then the
+    ring records.
+
+    A 128 MiB partition lists 16,384 dmesg records. Each is kept as its zone index and
+    the header bytes listed (its `snapshot`, which erase compares): some 70 bytes, where
+    a record's objects take some 500. It is made again when asked for, equal to the one
+    made before, so it finds what was kept for it."""
+
+    def __init__(self, make: Callable[[int, bytes], Record], ids: array[int], heads: bytes,
+                 width: int, rings: list[Record]) -> None:
+        self._make = make
+        self._ids = ids
+        self._heads = heads
+        self._width = width
+        self._rings = rings
+
+    def __len__(self) -> int:
+        return len(self._ids) + len(self._rings)
+
+    def _item(self, at: int) -> Record:
+        if at >= len(self._ids):
+            return self._rings[at - len(self._ids)]
+        return self._make(self._ids[at], self._head(at))
+
+    def __contains__(self, record: object) -> bool:
+        return isinstance(record, Record) and self.position(record) is not None
+
+    def index(self, record: object, start: int = 0, stop: int | None = None) -> int:
+        at = self.position(record) if isinstance(record, Record) else None
+        if at is None or not start <= at < (len(self) if stop is None else stop):
+            raise ValueError("not a record of this listing")
+        return at
+
+    def position(self, record: Record) -> int | None:
+        """Where `record` is in the listing, or None if it is not in it."""
+        if record.type is PstoreType.DMESG and not record.erased:
+            at = self._at_id(record.id)
+            return at if at is not None and record.snapshot == (self._head(at),) else None
+        return next((len(self._ids) + k for k, ring in enumerate(self._rings)
+                     if ring == record), None)
+
+    def by_id(self, prefix: str, record_id: int) -> Record | None:
+        """The record whose file name starts `<prefix>-<name>-<record_id>`."""
+        if prefix == PstoreType.DMESG.file_prefix:
+            at = self._at_id(record_id)
+            return None if at is None else self[at]
+        return next((ring for ring in self._rings
+                     if ring.type.file_prefix == prefix and ring.id == record_id), None)
+
+    def _at_id(self, zone_index: int) -> int | None:
+        at = bisect.bisect_left(self._ids, zone_index)
+        return at if at < len(self._ids) and self._ids[at] == zone_index else None
+
+    def _head(self, at: int) -> bytes:
+        return self._heads[at * self._width:(at + 1) * self._width]
