@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pstorefs.codecs.reed_solomon import rs_codec
 from pstorefs.errors import DeviceError
-from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PstoreType
+from pstorefs.format.consts import PstoreType
 from pstorefs.format.ramoops import (
     MIN_MEM_SIZE,
     PERSISTENT_RAM_BUFFER_SIZE,
@@ -28,6 +28,7 @@ from pstorefs.format.ramoops import (
     rounddown_pow_of_two,
     sig_matches,
 )
+from pstorefs.format.zone import HEADER_PROBE, parse_found_header
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.ramoops.layout import RamoopsGeometry
@@ -53,14 +54,13 @@ def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
         head = read(0, 2 * PERSISTENT_RAM_BUFFER_SIZE)
     except DeviceError:
         return False
-    for little in (True, False):
-        buffer = parse_buffer(head, 0, little_endian=little)
-        magic = PSTORE_KMSG_HEADER_MAGIC.to_bytes(4, "little" if little else "big")
-        if (buffer.sig == PERSISTENT_RAM_SIG
-                and buffer.valid(size - PERSISTENT_RAM_BUFFER_SIZE)
-                and magic not in (head[8:12], head[12:16])):
-            return True
-    return False
+    found = parse_found_header(head[:HEADER_PROBE])
+    if found is not None and found.kmsg_format is not None:
+        return False  # a pstore/zone dmesg header (its sig is ramoops' DBGC)
+    return any(buffer.sig == PERSISTENT_RAM_SIG
+               and buffer.valid(size - PERSISTENT_RAM_BUFFER_SIZE)
+               for buffer in (parse_buffer(head, 0, little_endian=little)
+                              for little in (True, False)))
 
 
 def find_layout(device: Device, config: StoreConfig) -> tuple[RamoopsGeometry, list[str]]:
