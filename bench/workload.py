@@ -1,6 +1,6 @@
-"""The benchmark workloads, written with the test-only writer (tests/writer.py, pinned
-to kernel images byte for byte) as a Linux 6.1 x86_64 kernel with `pstore.compress=deflate`
-would leave them.
+"""The benchmark workloads, written with the test-only writer
+(tests/helpers/zone_writer.py, pinned to kernel images byte for byte) as a Linux 6.1
+x86_64 kernel with `pstore.compress=deflate` would leave them.
 
 Each record is what `pstore_dump` (fs/pstore/platform.c) hands to pstore/zone: the dump
 header `Oops#<n> Part1\\n`, then the newest whole lines of the kernel log that fit in
@@ -21,10 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "data" / "fixtures"
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests"))  # the test-only writer: tests/helpers/zone_writer.py
 
-from writer import HEADER, ZoneWriter, deflate  # noqa: E402
-
+from helpers.zone_writer import HEADER, ZoneWriter, deflate  # noqa: E402
 from pstorefs.format.abi import LE64  # noqa: E402
 
 NAME = "blkoops"

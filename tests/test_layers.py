@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import case_by_id
 
 import pstorefs
+from helpers.cases import case_by_id
 
 PACKAGE = Path(pstorefs.__file__).parent
 ROOT = PACKAGE.parent

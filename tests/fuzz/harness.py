@@ -1,4 +1,5 @@
-"""The fuzzing harness shared by tests/test_fuzz.py and the long run (tests/fuzz/run).
+"""The fuzzing harness shared by tests/store/test_fuzz.py, tests/mount/test_fuzz.py and
+the long run (tests/fuzz/run).
 
 It mutates the kernel-written fixture images (tests/data/fixtures/*/image.bin), opens
 each mutant with the store layer (`open_store`) and reads every record, and checks the

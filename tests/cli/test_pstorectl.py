@@ -1,0 +1,142 @@
+"""pstorectl, the offline tool: same store, same answers as the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers.blockconsole import Console, formatted, lines, save
+from helpers.blockconsole_writer import CACHE_SIZE
+from helpers.cases import CASES, Case, case_by_id
+from helpers.machine import VENV_BIN, run
+from pstorefs.cli.ctl import JSON_FIELDS
+
+PSTORECTL = str(VENV_BIN / "pstorectl")
+
+
+def ctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PSTORECTL, *args], capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_list_json_and_cat_match_the_kernel(case: Case) -> None:
+    result = ctl("list", str(case.image), "--json", "-o", case.options)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [tuple(row) for row in rows] == [JSON_FIELDS] * len(rows)
+    by_name = {row["name"]: row for row in rows}
+    assert sorted(by_name) == sorted(case.files)
+    for f in case.meta["files"]:
+        row = by_name[f["name"]]
+        assert row["size"] == f["content_bytes"]
+        assert row["mtime_ns"] == f["mtime_ns"]
+        cat = ctl("cat", str(case.image), f["name"], "-o", case.options)
+        assert cat.returncode == 0 and cat.stdout == case.files[f["name"]]
+
+
+def test_extract_writes_every_record_with_its_mtime(tmp_path: Path) -> None:
+    case = case_by_id("x86_64-all-fronts")
+    out = tmp_path / "out"
+    result = ctl("extract", str(case.image), str(out), "-o", case.options)
+    assert result.returncode == 0, result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == case.files
+    for f in case.meta["files"]:
+        if f["mtime_ns"] is not None:
+            assert os.stat(out / f["name"]).st_mtime_ns == f["mtime_ns"]
+
+
+def test_erase_writes_what_the_kernel_wrote(tmp_path: Path) -> None:
+    case = case_by_id("kmsg-plain-3oops")
+    image = tmp_path / "image.bin"
+    shutil.copyfile(case.dir / case.meta["erase"]["image_before"], image)
+    names = case.meta["erase"]["remove"]
+    result = ctl("erase", str(image), *names, names[0], "-o", case.options)
+    assert result.returncode == 0, result.stderr
+    assert image.read_bytes() == (case.dir / case.meta["erase"]["image_after"]).read_bytes()
+
+
+def test_reading_never_writes(tmp_path: Path) -> None:
+    case = case_by_id("kmsg-deflate-3oops")
+    image = tmp_path / "image.bin"
+    shutil.copyfile(case.image, image)
+    image.chmod(0o444)
+    for args in (("list",), ("cat", "dmesg-blkoops-0"), ("extract", str(tmp_path / "x"))):
+        assert ctl(args[0], str(image), *args[1:]).returncode == 0
+    assert image.read_bytes() == case.image.read_bytes()
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (("list", "/nonexistent"), 1),
+    (("cat", "IMAGE", "dmesg-blkoops-9"), 1),
+    (("list", "IMAGE", "-o", "kmsg_size=abc"), 2),
+    (("list", "IMAGE", "-o", "bogus"), 2),
+    (("erase", "IMAGE"), 2),
+    (("frobnicate", "IMAGE"), 2),
+])
+def test_errors_are_one_line_with_the_documented_exit_code(args: tuple[str, ...], code: int,
+                                                           tmp_path: Path) -> None:
+    image = tmp_path / "image.bin"
+    shutil.copyfile(case_by_id("kmsg-deflate-3oops").image, image)
+    before = image.read_bytes()
+    result = ctl(*(str(image) if a == "IMAGE" else a for a in args))
+    assert result.returncode == code
+    err = result.stderr.decode()
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert image.read_bytes() == before
+
+
+def test_erase_of_the_enc_z_name_of_a_record_that_decodes_is_refused(tmp_path: Path) -> None:
+    """`find` answers a `.enc.z` name for a compressed record not decoded yet: the tool
+    settles the name before it erases anything."""
+    case = case_by_id("kmsg-deflate-3oops")
+    image = tmp_path / "image.bin"
+    shutil.copyfile(case.image, image)
+    for verb in ("erase", "cat"):
+        result = ctl(verb, str(image), "dmesg-blkoops-1.enc.z")
+        assert result.returncode != 0 and b"no such record" in result.stderr, verb
+        assert b"Traceback" not in result.stderr
+    assert image.read_bytes() == case.image.read_bytes()
+
+
+def pstorectl(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("pstorectl", path=str(VENV_BIN))
+    assert exe, "pstorectl is not installed in the venv"
+    return run([exe, *args])
+
+
+# -- what the listing says beyond the kernel's files ----------------------------------
+def test_ctl_list_json_attributes() -> None:
+    case = case_by_id("kmsg-deflate-3oops")
+    proc = pstorectl("list", str(case.image), "--json", "-o", "name=pstore_blk")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["attributes"]["compressor"] for r in rows] == ["deflate"] * 3
+    assert [r["reason"] for r in rows] == ["Oops"] * 3
+
+
+# -- blockconsole ----------------------------------------------------------------------
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[Path, bytes]:
+    disk = formatted(3)
+    con = Console(disk)
+    while con.bc.round < 1 or con.bc.console_bytes // CACHE_SIZE != 1:
+        con.printk(lines(0, 400))
+    con.fill_tile()
+    return save(disk, tmp_path / "bcon.img"), bytes(con.text[con.starts[2]:])
+
+
+def test_pstorectl(written: tuple[Path, bytes]) -> None:
+    img, text = written
+    ctl = str(VENV_BIN / "pstorectl")
+    probe = subprocess.run([ctl, "probe", str(img)], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    assert "blockconsole-1.1" in probe.stdout
+    cat = subprocess.run([ctl, "cat", str(img), "console-blockconsole-0"], capture_output=True)
+    assert cat.returncode == 0 and cat.stdout == text
+    erase = subprocess.run([ctl, "erase", str(img), "--all"], capture_output=True, text=True)
+    assert erase.returncode == 1 and "defines no erase" in erase.stderr

@@ -1,0 +1,73 @@
+"""`pstorectl probe`: the options it prints list the same files, what it assumed is
+said, a refusal names the option that settles it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers.cases import CASES, Case
+from helpers.detect import KIB, MIB, case_config, records, save, sha, stale_smaller_zones
+from helpers.machine import VENV_BIN
+from helpers.zone_writer import ZoneWriter
+from pstorefs.cli.ctl import PROBE_FIELDS
+from pstorefs.format.abi import X86_64
+from pstorefs.store.zone.layout import geometry_from_options
+
+PSTORECTL = str(VENV_BIN / "pstorectl")
+
+
+# == 7. pstorectl probe ====================================================================
+def ctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PSTORECTL, *args], capture_output=True, text=True, timeout=60)
+
+
+def extra_options(case: Case) -> list[str]:
+    return ["-o", f"system_map={case.dir / case.meta['system_map']}"] \
+        if case.meta.get("system_map") else []
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_probe_gives_options_that_list_the_same(case: Case) -> None:
+    probe = ctl("probe", str(case.image))
+    assert probe.returncode == 0, probe.stderr
+    first = probe.stdout.splitlines()[0]
+    assert first.startswith("pstore_blk.kmsg_size=")
+    assert first == geometry_from_options(case_config(case)).kernel_parameters()
+    result = ctl("probe", "--json", str(case.image))
+    assert result.returncode == 0, result.stderr
+    layout = json.loads(result.stdout)
+    assert tuple(layout) == PROBE_FIELDS
+    assert layout["kernel_parameters"] == first
+    assert layout["source"] == str(case.image)
+    detected = ctl("list", "--json", str(case.image), *extra_options(case))
+    pinned = ctl("list", "--json", str(case.image), "-o", layout["mount_options"],
+                 *extra_options(case))
+    assert detected.returncode == pinned.returncode == 0, (detected.stderr, pinned.stderr)
+    assert json.loads(detected.stdout) == json.loads(pinned.stdout)
+    assert sorted(row["name"].replace("blkoops", "pstore_blk")
+                  for row in json.loads(pinned.stdout)) == sorted(case.files)
+
+
+def test_probe_says_what_it_assumed(tmp_path: Path) -> None:
+    w = ZoneWriter(X86_64, MIB, kmsg_size=128 * KIB)
+    records(w, 1, 100 * KIB)
+    path = save(w, tmp_path)
+    text = ctl("probe", str(path))
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[0].startswith("pstore_blk.kmsg_size=128 ")
+    assert "# assumed: one dmesg record" in text.stdout
+    layout = json.loads(ctl("probe", "--json", str(path)).stdout)
+    assert any("kmsg_size=128 taken" in note for note in layout["assumed"])
+
+
+def test_probe_refusal_names_the_option(tmp_path: Path) -> None:
+    path = stale_smaller_zones(tmp_path, 30 * KIB)
+    before = sha(path)
+    result = ctl("probe", str(path))
+    assert result.returncode == 1 and "kmsg_size=" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sha(path) == before

@@ -1,0 +1,95 @@
+"""The test machine: what a test needs of it (FUSE, root, tools) and real mounts.
+
+Tests that need FUSE, loop devices or mount.fuse3 fail when those are missing: a skip
+would hide a broken machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+PSTOREFS = shutil.which("pstorefs", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+
+
+def require(condition: bool, what: str) -> None:
+    """Fail, never skip, when a real component of the test machine is missing."""
+    if not condition:
+        pytest.fail(f"this test needs {what}, and this machine does not have it", pytrace=False)
+
+
+def require_fuse() -> None:
+    require(os.path.exists("/dev/fuse"), "/dev/fuse")
+    require(shutil.which("fusermount3") is not None, "fusermount3 (Debian package fuse3)")
+    require(PSTOREFS is not None, "pstorefs installed (contrib/setup.sh)")
+    require(os.geteuid() == 0, "root (mounts, loop devices, block devices)")
+
+
+def run(cmd: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def holder_pids(path: str | os.PathLike) -> list[int]:
+    """Processes holding `path` open: the pstorefs daemon of a mount of it."""
+    want = os.path.realpath(path)
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                        pids.append(int(pid))
+                        break
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def unmount(mnt: str | os.PathLike, source: str | os.PathLike | None = None) -> None:
+    """Unmount and wait until the daemon has exited (its writes done, its lock gone)."""
+    pids = holder_pids(source) if source else []
+    if os.path.ismount(mnt):
+        if run(["fusermount3", "-u", str(mnt)]).returncode != 0:
+            run(["fusermount3", "-uz", str(mnt)])
+    wait_for(lambda: not os.path.ismount(mnt), 10)
+    wait_for(lambda: not any(_alive(p) for p in pids), 10)
+
+
+@contextlib.contextmanager
+def mounted(source: str | os.PathLike, mnt: str | os.PathLike, options: str | None = None,
+            extra: tuple[str, ...] = ()) -> Iterator[Path]:
+    """`pstorefs SOURCE MNT -o OPTIONS` (daemonizing), unmounted on exit."""
+    require_fuse()
+    os.makedirs(mnt, exist_ok=True)
+    cmd = [PSTOREFS, str(source), str(mnt)] + (["-o", options] if options else []) + list(extra)
+    proc = run(cmd)
+    assert proc.returncode == 0, f"{cmd}: rc {proc.returncode}: {proc.stderr}"
+    assert os.path.ismount(mnt), f"{cmd} returned 0 but {mnt} is not mounted"
+    try:
+        yield Path(mnt)
+    finally:
+        unmount(mnt, source)
