@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 
@@ -130,16 +131,52 @@ def _list(store: Store, as_json: bool) -> None:
 
 
 def _extract(store: Store, directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    now = time.time_ns()
-    for record in store.records:
-        entry = store.entry(record)
-        path = os.path.join(directory, entry.name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(store.read(record))
-        stamp = entry.time_ns if entry.time_ns is not None else now
-        os.utime(path, ns=(now, stamp))
+    """Every record as a file of `directory`, written as systemd-pstore writes its
+    copies: a new temporary file (`O_EXCL|O_NOFOLLOW`, mode 0600 whatever the umask),
+    synced, its times set on the descriptor, then linked under its name, which must not
+    exist yet. So a name someone else placed there (a file, a symlink to a root-only
+    file) is never written through or replaced: it is refused before anything is
+    written."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        entries = [(record, store.entry(record)) for record in store.records]
+        taken = [e.name for _, e in entries if _exists(e.name, dir_fd)]
+        if taken:
+            raise PstoreError(f"{directory}: {', '.join(taken)} already there: nothing "
+                              "extracted (extract into an empty directory)")
+        now = time.time_ns()
+        for record, entry in entries:
+            _write_new(dir_fd, entry.name, store.read(record),
+                       entry.time_ns if entry.time_ns is not None else now, now)
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _write_new(dir_fd: int, name: str, body: bytes, mtime_ns: int, atime_ns: int) -> None:
+    """`body` as the new file `name` of `dir_fd`; FileExistsError if the name is taken."""
+    temp = f".{name}.{secrets.token_hex(8)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb", closefd=False) as fh:
+            fh.write(body)
+        os.fsync(fd)
+        os.utime(fd, ns=(atime_ns, mtime_ns))
+        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
+        os.unlink(temp, dir_fd=dir_fd)
 
 
 def _erase(store: Store, names: list[str], everything: bool) -> None:
@@ -190,8 +227,9 @@ def ctl(args: list[str]) -> int:
     except PstoreError as exc:
         log.error("%s", exc)
         return 1
-    except OSError as exc:
-        log.error("%s", exc)
+    except OSError as exc:  # one line, without Python's "[Errno N]"
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("%s%s", where, exc.strerror or exc)
         return 1
     return 0
 

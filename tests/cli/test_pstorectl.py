@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -140,3 +141,68 @@ def test_pstorectl(written: tuple[Path, bytes]) -> None:
     assert cat.returncode == 0 and cat.stdout == text
     erase = subprocess.run([ctl, "erase", str(img), "--all"], capture_output=True, text=True)
     assert erase.returncode == 1 and "defines no erase" in erase.stderr
+
+
+@pytest.mark.root
+def test_extract_never_writes_through_or_over_a_name_already_there(tmp_path: Path) -> None:
+    """As root into a directory another user owns: a symlink that user planted under a
+    record's name is neither followed nor replaced, a root-only file it points at is
+    untouched, and nothing is extracted; into an empty directory every file is new,
+    0600 whatever the umask, with the record's mtime."""
+    case = case_by_id("kmsg-plain-3oops")
+    target = tmp_path / "root-only"
+    target.write_bytes(b"secret\n")
+    target.chmod(0o600)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 65534, 65534)
+    name = sorted(case.files)[0]
+    (shared / name).symlink_to(target)
+    result = ctl("extract", str(case.image), str(shared), "-o", case.options)
+    assert result.returncode == 1
+    assert result.stderr.decode().count("\n") == 1 and b"already there" in result.stderr
+    assert target.read_bytes() == b"secret\n" and (target.stat().st_mode & 0o777) == 0o600
+    assert os.readlink(shared / name) == str(target)
+    assert sorted(os.listdir(shared)) == [name], "something was extracted"
+    empty = tmp_path / "empty"
+    result = subprocess.run(["sh", "-c", 'umask 0; exec "$@"', "sh", PSTORECTL, "extract",
+                             str(case.image), str(empty), "-o", case.options],
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(empty)) == sorted(case.files), "temporary files left behind"
+    for f in case.meta["files"]:
+        st = (empty / f["name"]).lstat()
+        assert (st.st_mode & 0o777) == 0o600 and st.st_nlink == 1
+        assert st.st_mtime_ns == f["mtime_ns"]
+        assert (empty / f["name"]).read_bytes() == case.files[f["name"]]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "char device", "gzip bomb", "too large",
+                                  "truncated gzip", "long line"])
+def test_system_map_that_is_not_one_is_refused_quickly(kind: str, tmp_path: Path) -> None:
+    """`system_map=` takes regular files of at most 64 MiB of text, gzipped or not: a
+    FIFO (which would block), a device, a gzip bomb, a file too large, truncated gzip
+    data or a single endless line end in one line and exit 1, never a hang."""
+    case = case_by_id("x86_64-all-fronts")
+    path = tmp_path / "System.map"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "char device":
+        path = Path("/dev/zero")
+    elif kind == "gzip bomb":
+        with gzip.open(path, "wb", compresslevel=1) as fh:
+            for _ in range(80):
+                fh.write(bytes(1 << 20))
+    elif kind == "too large":
+        with open(path, "wb") as fh:
+            fh.truncate(65 << 20)
+    elif kind == "truncated gzip":
+        path.write_bytes(gzip.compress(b"ffffffff81000000 T _stext\n" * 1000)[:100])
+    else:
+        with gzip.open(path, "wb") as fh:
+            fh.write(b"f" * (1 << 20))
+    options = f"{case.options},system_map={path}"
+    result = ctl("list", str(case.image), "-o", options)  # a hang fails on ctl's timeout
+    assert result.returncode == 1, result.stderr
+    message = result.stderr.decode()
+    assert message.count("\n") == 1 and f"system_map={path}" in message, message
