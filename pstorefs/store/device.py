@@ -202,7 +202,9 @@ class Device:
         prefixes of these writes. Where they are adjacent and all lie in one 512-byte
         sector of the device (offsets counted from the device's start, not the
         region's), they go in a single write, which a device commits whole; otherwise
-        each write is synced before the next. Not durable until `sync`."""
+        each write is synced before the next. (A field that itself straddles two sectors,
+        in a zone placed at such an offset, is written whole: it cannot be made atomic.)
+        Not durable until `sync`."""
         spans = sorted((self.base + offset + at, data) for at, data in writes)
         first, last = spans[0][0], spans[-1][0] + len(spans[-1][1])
         adjacent = all(a + len(d) == b for (a, d), (b, _) in itertools.pairwise(spans))
