@@ -1,5 +1,6 @@
 """The layering rule: format is pure (construct, stdlib, itself and the errors); the
-store works without pyfuse3 and trio, so offline tools can use it."""
+store works without pyfuse3 and trio, so offline tools can use it; the FUSE adapter
+(`pstorefs/fs/`) sits on the store, below the command line."""
 
 from __future__ import annotations
 
@@ -128,9 +129,18 @@ def allowed_in_store(module: str) -> bool:
             or top in sys.stdlib_module_names)
 
 
+def allowed_in_fs(module: str) -> bool:
+    top = module.split(".")[0]
+    if top == "pstorefs":
+        return module == "pstorefs.errors" or module.startswith(("pstorefs.store",
+                                                                 "pstorefs.fs"))
+    return top in ("pyfuse3", "trio", "__future__") or top in sys.stdlib_module_names
+
+
 @pytest.mark.parametrize(("layer", "allowed"), [("format", allowed_in_format),
                                                 ("codecs", allowed_in_codecs),
-                                                ("store", allowed_in_store)])
+                                                ("store", allowed_in_store),
+                                                ("fs", allowed_in_fs)])
 def test_layer_imports(layer: str, allowed: Callable[[str], bool]) -> None:
     files = sorted((PACKAGE / layer).rglob("*.py"))
     assert files
@@ -145,5 +155,6 @@ def test_import_checker_catches_a_violation() -> None:
     assert not allowed_in_format("pstorefs.store")
     assert not allowed_in_store("trio")
     assert not allowed_in_store("pstorefs.fs")
+    assert not allowed_in_fs("pstorefs.cli.mount")
     assert not allowed_in_codecs("pstorefs.store") and not allowed_in_codecs("construct")
     assert allowed_in_format("pstorefs.format.abi") and allowed_in_store("zlib")
