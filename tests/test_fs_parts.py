@@ -1,8 +1,11 @@
-"""The FUSE adapter's parts alone, without FUSE: the listing state (`fs.listing`) and
-the read-ahead policy (`fs.read_ahead`) driven against a real store."""
+"""The FUSE adapter's parts alone, without FUSE: the errno mapping (`fs.errors`), the
+listing state (`fs.listing`) and the read-ahead policy (`fs.read_ahead`) driven
+against a real store."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -11,8 +14,19 @@ import pytest
 import trio
 from writer import ZoneWriter, deflate
 
+from pstorefs.errors import (
+    DeviceError,
+    EraseUnsupportedError,
+    FormatError,
+    GeometryError,
+    PstoreError,
+    ReadOnlyError,
+    SourceError,
+    UsageError,
+    ZoneChangedError,
+)
 from pstorefs.format.abi import X86_64
-from pstorefs.fs import READ_AHEAD, ReadAhead
+from pstorefs.fs import READ_AHEAD, ReadAhead, errno_of
 from pstorefs.fs.listing import Files, Listed, Listing, kernel_caches_listing
 from pstorefs.store import Entry, Record
 from pstorefs.store.device import Device
@@ -20,6 +34,68 @@ from pstorefs.store.zone.layout import Geometry
 from pstorefs.store.zone.store import ZoneStore
 
 RECORDS = 64
+
+
+# -- errors: errnos are the front end's ---------------------------------------------------
+@pytest.mark.parametrize(("exc", "want"), [
+    (UsageError("x"), errno.EINVAL),
+    (GeometryError("x"), errno.EINVAL),
+    (ZoneChangedError("x"), errno.EBUSY),
+    (ReadOnlyError("x"), errno.EROFS),
+    (EraseUnsupportedError("x"), errno.EPERM),
+    (SourceError("x"), errno.EIO),
+    (FormatError("header", 0), errno.EIO),
+    (PstoreError("x"), errno.EIO),
+], ids=lambda v: type(v).__name__ if isinstance(v, Exception) else errno.errorcode[v])
+def test_errno_of_each_error(exc: PstoreError, want: int) -> None:
+    assert errno_of(exc) == want
+
+
+@pytest.mark.parametrize(("cause", "writing", "want"), [
+    (errno.EIO, False, errno.EIO),
+    (errno.ENOSPC, False, errno.EIO),  # every failed read is EIO
+    (None, False, errno.EIO),  # a short read, a range outside the source
+    (errno.ENOSPC, True, errno.ENOSPC),  # a failed write keeps its cause
+    (errno.EROFS, True, errno.EROFS),
+    (None, True, errno.EIO),  # a short write
+    *[(gone, True, errno.EIO) for gone in (errno.ENXIO, errno.ENODEV, errno.ENOMEDIUM,
+                                           errno.ENOTCONN, errno.ESHUTDOWN,
+                                           errno.ECONNABORTED, errno.ESTALE, errno.EBADF)],
+])
+def test_errno_of_a_device_error(cause: int | None, writing: bool, want: int) -> None:
+    assert errno_of(DeviceError("x", cause, writing=writing)) == want
+
+
+def test_device_errors_keep_facts_not_errnos(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store says what failed (the system call's errno, whether it wrote); which
+    errno a request answers with is `errno_of`'s choice."""
+    image = tmp_path / "image.bin"
+    image.write_bytes(bytes(4096))
+    with closing(Device(str(image))) as device:
+        with pytest.raises(DeviceError) as outside:
+            device.read(4000, 200)
+        assert (outside.value.cause, outside.value.writing) == (None, False)
+
+        def fail(code: int):
+            def call(*args: object) -> None:
+                raise OSError(code, os.strerror(code))
+            return call
+
+        monkeypatch.setattr(os, "pread", fail(errno.ENXIO))
+        with pytest.raises(DeviceError) as read:
+            device.read(0, 512)
+        assert (read.value.cause, read.value.writing) == (errno.ENXIO, False)
+        monkeypatch.setattr(os, "pwrite", fail(errno.ENOSPC))
+        with pytest.raises(DeviceError) as write:
+            device.write(0, b"x")
+        assert (write.value.cause, write.value.writing) == (errno.ENOSPC, True)
+        monkeypatch.setattr(os, "fdatasync", fail(errno.EIO))
+        with pytest.raises(DeviceError) as sync:
+            device.sync()
+        assert (sync.value.cause, sync.value.writing) == (errno.EIO, True)
+    assert [errno_of(e.value) for e in (outside, read, write, sync)] == [
+        errno.EIO, errno.EIO, errno.ENOSPC, errno.EIO]
 
 
 # -- the listing state ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The layering rule: format is pure (construct, stdlib, itself and the errors); the
 store works without pyfuse3 and trio, so offline tools can use it; the FUSE adapter
-(`pstorefs/fs/`) sits on the store, below the command line."""
+(`pstorefs/fs/`) sits on the store, below the command line, and alone with the command
+line picks errnos."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from conftest import case_by_id
 
 import pstorefs
+import pstorefs.errors
 
 PACKAGE = Path(pstorefs.__file__).parent
 ROOT = PACKAGE.parent
@@ -158,3 +160,13 @@ def test_import_checker_catches_a_violation() -> None:
     assert not allowed_in_fs("pstorefs.cli.mount")
     assert not allowed_in_codecs("pstorefs.store") and not allowed_in_codecs("construct")
     assert allowed_in_format("pstorefs.format.abi") and allowed_in_store("zlib")
+
+
+def test_errors_carry_no_errno() -> None:
+    """The store's errors say what failed; the errno that reports it is the front end's
+    choice (`pstorefs.fs.errors.errno_of`)."""
+    classes = [value for value in vars(pstorefs.errors).values()
+               if isinstance(value, type) and issubclass(value, pstorefs.errors.PstoreError)]
+    assert len(classes) > 5
+    assert not [cls.__name__ for cls in classes if hasattr(cls, "errno")]
+    assert not hasattr(pstorefs.errors.DeviceError("x", 5, writing=True), "errno")

@@ -5,9 +5,10 @@
 * `listing`: which records have a file, how long a listing or lookup waits for the
   device, and when the kernel's cached listing must be dropped;
 * `read_ahead`: what is decoded before it is asked for, on worker threads;
-* `errors`: what failures become: the errnos requests answer with, or log lines.
+* `errors`: the one place where failures become errnos (`errno_of`) or log lines.
 """
 
+from pstorefs.fs.errors import errno_of
 from pstorefs.fs.listing import DIRECTORY_PATIENCE, LISTING_REFRESH, READDIR_BATCH
 from pstorefs.fs.operations import (
     DIR_MODE,
@@ -37,4 +38,5 @@ __all__ = [
     "Operations",
     "Ownership",
     "ReadAhead",
+    "errno_of",
 ]
