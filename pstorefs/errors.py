@@ -1,20 +1,19 @@
-"""The one exception tree of pstorefs.  Each error carries a message fit for a user."""
+"""The one exception tree of pstorefs.  Each error carries a message fit for a user.
+
+The errors say what went wrong, not how a front end reports it: the errno a request
+answers with is the FUSE adapter's choice (`pstorefs.fs.errors`), the exit code the
+command line's.
+"""
 
 from __future__ import annotations
-
-import errno
 
 
 class PstoreError(Exception):
     """Base of every error pstorefs reports: its text is one line for the user."""
 
-    errno = errno.EIO
-
 
 class UsageError(PstoreError):
     """A bad command line or option (exit code 2)."""
-
-    errno = errno.EINVAL
 
 
 class SourceError(PstoreError):
@@ -23,8 +22,6 @@ class SourceError(PstoreError):
 
 class GeometryError(PstoreError):
     """The zone sizes do not describe a layout that fits the source."""
-
-    errno = errno.EINVAL
 
 
 class FormatError(PstoreError):
@@ -36,27 +33,26 @@ class FormatError(PstoreError):
 
 
 class DeviceError(PstoreError):
-    """The device failed a read or a write (EIO, short read, device gone)."""
+    """The device failed a call (EIO, short read, device gone). It keeps the facts a
+    front end needs to report it: `cause`, the errno the system call failed with (None
+    when none failed: a short read, a range outside the source); `writing`, whether
+    that call wrote or flushed writes (a write, fdatasync, mtd_sync)."""
 
-    def __init__(self, message: str, code: int = errno.EIO) -> None:
+    def __init__(self, message: str, cause: int | None = None, *,
+                 writing: bool = False) -> None:
         super().__init__(message)
-        self.errno = code
+        self.cause = cause
+        self.writing = writing
 
 
 class ZoneChangedError(PstoreError):
     """The zone on disk is not the one listed: someone else wrote it. Nothing was written."""
 
-    errno = errno.EBUSY
-
 
 class ReadOnlyError(PstoreError):
     """A write was asked of a read-only store."""
 
-    errno = errno.EROFS
-
 
 class EraseUnsupportedError(PstoreError):
-    """The back end's writer defines no erase: refused with EPERM, as pstore refuses
+    """The back end's writer defines no erase, so nothing may be erased: pstore refuses
     `rm` for a back end without one (fs/pstore/inode.c `pstore_unlink`)."""
-
-    errno = errno.EPERM

@@ -1,5 +1,7 @@
 """The layering rule: format is pure (construct, stdlib, itself and the errors); the
-store works without pyfuse3 and trio, so offline tools can use it."""
+store works without pyfuse3 and trio, so offline tools can use it; the FUSE adapter
+(`pstorefs/fs/`) sits on the store, below the command line, and alone with the command
+line picks errnos."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import pstorefs
+import pstorefs.errors
 from helpers.cases import case_by_id
 
 PACKAGE = Path(pstorefs.__file__).parent
@@ -128,9 +131,18 @@ def allowed_in_store(module: str) -> bool:
             or top in sys.stdlib_module_names)
 
 
+def allowed_in_fs(module: str) -> bool:
+    top = module.split(".")[0]
+    if top == "pstorefs":
+        return module == "pstorefs.errors" or module.startswith(("pstorefs.store",
+                                                                 "pstorefs.fs"))
+    return top in ("pyfuse3", "trio", "__future__") or top in sys.stdlib_module_names
+
+
 @pytest.mark.parametrize(("layer", "allowed"), [("format", allowed_in_format),
                                                 ("codecs", allowed_in_codecs),
-                                                ("store", allowed_in_store)])
+                                                ("store", allowed_in_store),
+                                                ("fs", allowed_in_fs)])
 def test_layer_imports(layer: str, allowed: Callable[[str], bool]) -> None:
     files = sorted((PACKAGE / layer).rglob("*.py"))
     assert files
@@ -145,5 +157,16 @@ def test_import_checker_catches_a_violation() -> None:
     assert not allowed_in_format("pstorefs.store")
     assert not allowed_in_store("trio")
     assert not allowed_in_store("pstorefs.fs")
+    assert not allowed_in_fs("pstorefs.cli.mount")
     assert not allowed_in_codecs("pstorefs.store") and not allowed_in_codecs("construct")
     assert allowed_in_format("pstorefs.format.abi") and allowed_in_store("zlib")
+
+
+def test_errors_carry_no_errno() -> None:
+    """The store's errors say what failed; the errno that reports it is the front end's
+    choice (`pstorefs.fs.errors.errno_of`)."""
+    classes = [value for value in vars(pstorefs.errors).values()
+               if isinstance(value, type) and issubclass(value, pstorefs.errors.PstoreError)]
+    assert len(classes) > 5
+    assert not [cls.__name__ for cls in classes if hasattr(cls, "errno")]
+    assert not hasattr(pstorefs.errors.DeviceError("x", 5, writing=True), "errno")

@@ -35,20 +35,6 @@ LOOP_MAJOR = 7
 MTD_CHAR_MAJOR = 90
 """/dev/mtdN (even minors; the odd ones, /dev/mtdNro, refuse writing)."""
 
-_GONE = frozenset({errno.ENXIO, errno.ENODEV, errno.ENOMEDIUM, errno.ENOTCONN,
-                   errno.ESHUTDOWN, errno.ECONNABORTED, errno.ESTALE, errno.EBADF})
-"""What a source that went away (USB stick pulled, loop device or its server gone)
-fails with. To the callers of pstorefs these are all EIO: the record could not be read
-or written; the cause stays in the message."""
-
-
-def _io_errno(exc: OSError, *, read: bool) -> int:
-    """The errno a failed device call is reported with: EIO for every failed read and
-    for a vanished device; a write keeps what it says (ENOSPC, EROFS, ...)."""
-    if read or exc.errno is None or exc.errno in _GONE:
-        return errno.EIO
-    return exc.errno
-
 
 def _loop_backing_file(rdev: int) -> str | None:
     """The file behind a loop device (or a partition of one), from sysfs."""
@@ -177,7 +163,7 @@ class Device:
             data = os.pread(self.fd, length, self.base + offset)
         except OSError as exc:
             raise DeviceError(f"{self.path}: read of {length} bytes at {offset:#x} failed: "
-                              f"{exc.strerror}", _io_errno(exc, read=True)) from None
+                              f"{exc.strerror}", exc.errno) from None
         if len(data) != length:
             raise DeviceError(f"{self.path}: short read at {offset:#x} "
                               f"({len(data)} of {length} bytes)")
@@ -192,9 +178,9 @@ class Device:
             written = os.pwrite(self.fd, data, self.base + offset)
         except OSError as exc:
             raise DeviceError(f"{self.path}: write at {offset:#x} failed: {exc.strerror}",
-                              _io_errno(exc, read=False)) from None
+                              exc.errno, writing=True) from None
         if written != len(data):
-            raise DeviceError(f"{self.path}: short write at {offset:#x}")
+            raise DeviceError(f"{self.path}: short write at {offset:#x}", writing=True)
 
     def write_fields(self, offset: int, writes: list[tuple[int, bytes]]) -> None:
         """The header writes of an erase, each `(offset from offset, bytes)`, in the
@@ -225,7 +211,7 @@ class Device:
             os.fdatasync(self.fd)
         except OSError as exc:
             raise DeviceError(f"{self.path}: fdatasync failed: {exc.strerror}",
-                              _io_errno(exc, read=False)) from None
+                              exc.errno, writing=True) from None
 
     def _mtd_sync(self) -> None:
         """mtdchar has no fsync: its writes and erases reach the driver before they
@@ -235,7 +221,7 @@ class Device:
             os.close(os.open(f"/proc/self/fd/{self.fd}", os.O_WRONLY | os.O_CLOEXEC))
         except OSError as exc:
             raise DeviceError(f"{self.path}: mtd_sync (open and close) failed: "
-                              f"{exc.strerror}", _io_errno(exc, read=False)) from None
+                              f"{exc.strerror}", exc.errno, writing=True) from None
 
     def close(self) -> None:
         for fd in self._fds:

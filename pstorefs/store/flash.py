@@ -16,7 +16,6 @@ device the erase is a write of 0xFF bytes and the erase block size is `erasesize
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import platform
 import struct
@@ -79,7 +78,8 @@ def mtd_info(device: Device) -> MtdInfo:
     try:
         raw = fcntl.ioctl(device.fd, memgetinfo(), bytes(MTD_INFO_USER.size))
     except OSError as exc:
-        raise DeviceError(f"{device.path}: MEMGETINFO failed: {exc.strerror}") from None
+        raise DeviceError(f"{device.path}: MEMGETINFO failed: {exc.strerror}",
+                          exc.errno) from None
     return MtdInfo.unpack(raw)
 
 
@@ -130,13 +130,13 @@ def _mtd_erase(device: Device, offset: int, length: int) -> None:
         raise ReadOnlyError(f"{device.path}: read-only")
     start = device.base + offset
     if start + length > 1 << 32:
-        raise DeviceError(f"{device.path}: erase at {start:#x} lies past the 4 GiB "
-                          "MEMERASE reaches", errno.EINVAL)
+        raise GeometryError(f"{device.path}: erase at {start:#x} lies past the 4 GiB "
+                            "MEMERASE reaches")
     try:
         fcntl.ioctl(device.fd, memerase(), ERASE_INFO_USER.pack(start, length))
     except OSError as exc:
         raise DeviceError(f"{device.path}: MEMERASE of {length} bytes at {start:#x} "
-                          f"failed: {exc.strerror}") from None
+                          f"failed: {exc.strerror}", exc.errno) from None
 
 
 def _programmed_units(data: bytes, unit: int) -> list[tuple[int, bytes]]:

@@ -33,6 +33,7 @@ from pstorefs.errors import (
     ReadOnlyError,
 )
 from pstorefs.format.blockconsole import parse_tile_header
+from pstorefs.fs import errno_of
 from pstorefs.store import Store, StoreConfig, open_store
 from pstorefs.store.blockconsole import BlockConsoleStore, recognizes
 from pstorefs.store.blockconsole import store as store_module
@@ -410,7 +411,7 @@ def test_erase_refused(tmp_path: Path) -> None:
     with closing(store(img)) as s:
         with pytest.raises(EraseUnsupportedError) as refused:
             s.erase(s.records[0])
-        assert refused.value.errno == errno.EPERM
+        assert errno_of(refused.value) == errno.EPERM
     with closing(store(img, read_only=True)) as s:
         with pytest.raises(ReadOnlyError):
             s.erase(s.records[0])

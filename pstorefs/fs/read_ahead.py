@@ -1,0 +1,123 @@
+"""Decoding records before they are asked for, on worker threads, so that their
+requests are answered from the store's cache: the next records of a pass in listing
+order (`ReadAhead`), and the entries of a listing's batch (`decode_ahead`).
+
+A policy apart from the handlers, so that what it decodes when can be tested against
+a store without FUSE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import trio
+
+from pstorefs.fs.errors import logged
+from pstorefs.store import Record, Store
+
+if TYPE_CHECKING:
+    from pstorefs.fs.listing import Files, Listed
+
+DECODE_THREADS = max(1, min(2, os.cpu_count() or 1))
+"""Worker threads decoding ahead at once: zlib and the other codecs release the GIL,
+so two decode side by side while the event loop answers."""
+
+READ_AHEAD = 32
+READ_AHEAD_BYTES = 512 << 10
+"""At most how many records, and how many bytes of them, are decoded ahead of lookups
+and opens in listing order: well within what the store's cache keeps (2 MiB)."""
+
+
+async def decode_ahead(store: Store, records: Iterable[Record], *,
+                       bodies: bool = False) -> None:
+    """Have `store` know the entries of `records` (with `bodies`, have their contents
+    in its cache), decoding what it does not on `DECODE_THREADS` worker threads at
+    once. Errors are left for the record's own request to report; if this is
+    cancelled, the threads stop after the record each is on."""
+    if bodies:
+        missing = [r for r in records if store.read(r, wait=False) is None]
+    else:
+        missing = [r for r in records if store.entry(r, wait=False) is None]
+    decode = store.read if bodies else store.entry
+    stop = threading.Event()
+
+    def run(part: list[Record]) -> None:
+        for record in part:
+            if stop.is_set():
+                return
+            with contextlib.suppress(Exception):
+                decode(record)
+
+    in_thread = functools.partial(trio.to_thread.run_sync, abandon_on_cancel=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            for n in range(min(DECODE_THREADS, len(missing))):
+                nursery.start_soon(in_thread, run, missing[n::DECODE_THREADS])
+    finally:
+        stop.set()
+
+
+class ReadAhead:
+    """Lookups or opens in listing order (`cat *`, `rm *`, systemd-pstore): decode the
+    next records in the background, up to `READ_AHEAD` of them or `READ_AHEAD_BYTES`
+    of known sizes, so that their lookups and opens are answered from memory. Only a
+    request for the record after the previous one starts it, one batch at a time; a
+    request elsewhere starts the count again there."""
+
+    def __init__(self, store: Store, files: Files, listed: Listed, stop: int) -> None:
+        """Read ahead among `files` those still `listed`, before index `stop`."""
+        self._store = store
+        self._files = files
+        self._listed = listed
+        self._stop = stop
+        self._last = -2
+        """The index asked for last."""
+        self._end = -1
+        """The last index of the pass read ahead so far."""
+        self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being decoded (the next starts only after it)."""
+        return self._busy
+
+    def requested(self, index: int) -> None:
+        """Record `index` is looked up or opened: read ahead of it if in order."""
+        batch = self._next_batch(index)
+        if not batch:
+            return
+        self._end, self._busy = batch[-1], True
+
+        async def run() -> None:
+            try:
+                await decode_ahead(self._store, map(self._files.__getitem__, batch),
+                                   bodies=True)
+            finally:
+                self._busy = False
+
+        trio.lowlevel.spawn_system_task(logged(run))
+
+    def _next_batch(self, index: int) -> list[int]:
+        """The indexes to decode now that `index` is asked for (none if out of order,
+        busy, or far enough ahead already)."""
+        in_order = index == self._last + 1
+        self._last = index
+        if not self._end - READ_AHEAD <= index <= self._end + 1:
+            self._end = index  # a new pass, or a jump: read ahead from here on
+        if index < 0 or not in_order or self._busy or index + READ_AHEAD // 2 <= self._end:
+            return []
+        batch, size = [], 0
+        for ahead in range(max(index + 1, self._end + 1), min(index + READ_AHEAD + 1,
+                                                                 self._stop)):
+            if ahead in self._listed:
+                batch.append(ahead)
+                entry = self._store.entry(self._files[ahead], wait=False)
+                size += entry.size if entry else 0
+                if size > READ_AHEAD_BYTES:
+                    break
+        return batch
