@@ -12,6 +12,7 @@ zones share one signature (DBGC), and the ftrace zones carry DBGC XOR the writer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from construct import Int32ub, Int32ul, Struct
 
@@ -76,11 +77,12 @@ ZAPPED_FIELDS = ("size", "start")
 never reads as a record."""
 
 
-def zap_writes(*, little_endian: bool) -> list[tuple[int, bytes]]:
+@cache
+def zap_writes(*, little_endian: bool) -> tuple[tuple[int, bytes], ...]:
     """(offset in the zone, bytes) of each header write of `persistent_ram_zap`."""
     definition = _BUFFER[little_endian]
-    return [(at, bytes(size)) for at, size in
-            (field_span(definition, name) for name in ZAPPED_FIELDS)]
+    return tuple((at, bytes(size)) for at, size in
+                 (field_span(definition, name) for name in ZAPPED_FIELDS))
 
 
 def parse_buffer(raw: bytes, offset: int, *, little_endian: bool) -> RamBuffer:

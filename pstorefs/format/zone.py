@@ -158,14 +158,12 @@ ring zone (`psz_record_erase`) and a dmesg zone (`psz_kmsg_erase`): `datalen` fi
 as a zone whose `datalen` is 0 is empty whatever else its header holds."""
 
 
-def erase_writes(abi: Abi, *, ring: bool) -> list[tuple[int, bytes]]:
+@cache
+def erase_writes(abi: Abi, *, ring: bool) -> tuple[tuple[int, bytes], ...]:
     """(offset in the zone, bytes) of each write of zone.c's erase, in order. The same
     in the blkoops RFC's header, whose `datalen` sits where `psz_buffer`'s does."""
-    writes = []
-    for name in ERASED_FIELDS[ring]:
-        at, size = field_span(zone_header_struct(abi), name)
-        writes.append((at, bytes(size)))
-    return writes
+    return tuple((at, bytes(size)) for at, size in
+                 (field_span(zone_header_struct(abi), name) for name in ERASED_FIELDS[ring]))
 
 
 def erase_states(abi: Abi, header: bytes, *, ring: bool) -> list[bytes]:

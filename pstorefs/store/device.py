@@ -24,6 +24,7 @@ import logging
 import os
 import stat
 import struct
+from collections.abc import Sequence
 
 from pstorefs.errors import DeviceError, ReadOnlyError, SourceError
 
@@ -182,7 +183,7 @@ class Device:
         if written != len(data):
             raise DeviceError(f"{self.path}: short write at {offset:#x}", writing=True)
 
-    def write_fields(self, offset: int, writes: list[tuple[int, bytes]]) -> None:
+    def write_fields(self, offset: int, writes: Sequence[tuple[int, bytes]]) -> None:
         """The header writes of an erase, each `(offset from offset, bytes)`, in the
         order given, so that a power cut leaves the header as it was or as one of the
         prefixes of these writes. Where they are adjacent and all lie in one 512-byte

@@ -477,10 +477,14 @@ def test_stalled_read_does_not_freeze_the_mount(tmp_path: Path) -> None:
 
 
 # == power cuts ====================================================================
-def storm(m: Path, names: list[str], done: list[float] | None = None) -> threading.Thread:
-    """`rm` of every name, in order, in a thread; `done` gets the time each one ended."""
+def storm(m: Path, names: list[str], done: list[float] | None = None,
+          before: Callable[[int], None] | None = None) -> threading.Thread:
+    """`rm` of every name, in order, in a thread; `done` gets the time each one ended,
+    and `before(i)` is called as rm number i (from 0) starts."""
     def go() -> None:
-        for name in names:
+        for i, name in enumerate(names):
+            if before is not None:
+                before(i)
             with contextlib.suppress(OSError):
                 os.unlink(m / name)
             if done is not None:
@@ -496,12 +500,15 @@ def _kill_and_check(case: Case, img: Path, mnt: Path, before: bytes, after_rms: 
     with mounted(img, mnt, case.options) as m:
         pid = daemon_of(img)
         names = sorted(os.listdir(m))
-        done: list[float] = []
-        t = storm(m, names, done)
-        assert wait_for(lambda: len(done) >= after_rms, 10)
-        time.sleep(delay)
-        os.kill(pid, signal.SIGKILL)
+        killer = threading.Timer(delay, os.kill, (pid, signal.SIGKILL))
+
+        def kill_during(i: int) -> None:  # `delay` into rm number `after_rms`, from the
+            if i == after_rms:            # storm's own thread: no polling to miss it
+                killer.start()
+
+        t = storm(m, names, before=kill_during)
         t.join(15)
+        killer.join(15)
         assert not t.is_alive(), "rm hung after the daemon was killed"
         assert wait_for(lambda: not alive(pid), 10)
         assert run(["fusermount3", "-u", str(m)]).returncode == 0
