@@ -166,16 +166,6 @@ def erase_writes(abi: Abi, *, ring: bool) -> tuple[tuple[int, bytes], ...]:
                  (field_span(zone_header_struct(abi), name) for name in ERASED_FIELDS[ring]))
 
 
-def erase_states(abi: Abi, header: bytes, *, ring: bool) -> list[bytes]:
-    """What a zone's header is after each write of its erase (`erase_writes`), the
-    last being the erased header: an erase cut part-way leaves one of these."""
-    head, states = bytearray(header), []
-    for at, data in erase_writes(abi, ring=ring):
-        head[at:at + len(data)] = data
-        states.append(bytes(head))
-    return states
-
-
 def ring_zone_ok(header: ZoneHeader, ptype: PstoreType, buffer_size: int) -> bool:
     """`psz_recover_zone`'s verdict for a pmsg/console/ftrace zone: the signature is
     the type's, `datalen` and `start` are within the buffer (the kernel compares them

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, overload
 
 from pstorefs.codecs.compression import CODECS
-from pstorefs.errors import ReadOnlyError, ZoneChangedError
+from pstorefs.errors import EraseUnsupportedError, PstoreError, ReadOnlyError, ZoneChangedError
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType
 from pstorefs.store.cache import BodyCache
 from pstorefs.store.device import Device
@@ -46,7 +46,8 @@ UNDECODABLE_SUFFIX = ".enc.z"
 """The kernel's name suffix for a compressed record nothing decodes (inode.c)."""
 
 _READ_RETRIES = 8
-"""How often a read is tried again when erases keep writing while it runs."""
+"""How often a read is tried again when erases on flash keep rewriting its erase
+block while it runs, before it waits for them."""
 
 _UNDECODABLE = 255
 _CODES: dict[str | None, int] = {None: 0, **{name: 1 + i for i, name in enumerate(CODECS)}}
@@ -143,6 +144,18 @@ class Layout:
                 "mount_options": self.mount_options, "assumed": list(self.assumed)}
 
 
+def partial_states(header: bytes, writes: Sequence[tuple[int, bytes]]) -> list[bytes]:
+    """What `header` is after each prefix of an erase's `writes` ((offset, bytes) each,
+    in the order written), the last being the erased header: an erase cut part-way (a
+    power cut, an EIO on the sync) leaves one of these, and a retried `rm` must still
+    take the record for its own."""
+    head, states = bytearray(header), []
+    for at, data in writes:
+        head[at:at + len(data)] = data
+        states.append(bytes(head))
+    return states
+
+
 def file_name(ptype: PstoreType, backend_name: str, record_id: int, *,
               undecodable: bool = False) -> str:
     """The kernel's file name for a record (inode.c `pstore_mkfile`)."""
@@ -169,6 +182,13 @@ class Store(ABC):
 
     _records: Sequence[Record]
 
+    erase_refused: str | None = None
+    """Why this back end's writer defines no erase (then `rm` is EPERM), if it does not."""
+
+    erases_reach_other_records = False
+    """Whether an erase may rewrite bytes of other records (flash: a whole erase
+    block), so that a read running beside it must be done again."""
+
     def __init__(self, device: Device, name: str,
                  cache_budget: int = DEFAULT_CACHE_BUDGET) -> None:
         self.device = device
@@ -181,6 +201,8 @@ class Store(ABC):
         """Each record's file size once decoded (-1 before), by `_slot`."""
         self._codes = bytearray()
         """Each record's compressor once decoded (`_CODES`, `_UNDECODABLE`), by `_slot`."""
+        self._gone = bytearray()
+        """1 for each record erased: what decoding learns of it is not kept."""
         self._positions: dict[Record, int] | None = None
         self._ids: dict[tuple[str, int], Record] | None = None
 
@@ -188,6 +210,7 @@ class Store(ABC):
         """Room for what decoding learns of `count` records (see `_slot`)."""
         self._sizes = array("q", [-1]) * count
         self._codes = bytearray(count)
+        self._gone = bytearray(count)
 
     # -- what the layers above use --------------------------------------------------
     @property
@@ -270,11 +293,17 @@ class Store(ABC):
         """Erase `record` on the device exactly as its kernel would, durably: only if
         each of its zones still holds what was listed (else ZoneChangedError and
         nothing written), then the back end's writes, then one sync before returning."""
+        if self.device.read_only:
+            raise ReadOnlyError(f"{self.device.path}: mounted read-only")
+        if self.erase_refused:
+            raise EraseUnsupportedError(f"{self.device.path}: {self.erase_refused}")
         if record.erased:
-            raise ReadOnlyError(f"{self.device.path}: an erased record cannot be erased")
+            raise EraseUnsupportedError(f"{self.device.path}: an erased record cannot be "
+                                        "erased again")
+        slot = self._slot(record)
+        if slot is None:
+            raise PstoreError(f"{self.device.path}: {record!r} is not a record of this store")
         with self._lock:
-            if self.device.read_only:
-                raise ReadOnlyError(f"{self.device.path}: mounted read-only")
             for zone, snap in zip(record.zones, record.snapshot, strict=True):
                 if not self._unchanged(zone, snap):
                     raise ZoneChangedError(
@@ -286,10 +315,9 @@ class Store(ABC):
                 self.device.sync()
             finally:
                 self._erases += 1
-            slot = self._slot(record)
-            if slot is not None:
-                self._cache.drop(slot)
-        known = self.entry(record, wait=False)
+            known = self.entry(record, wait=False)
+            self._cache.drop(slot)
+            self._sizes[slot], self._codes[slot], self._gone[slot] = -1, 0, 1
         log.info("%s: erased %s (zone at %#x)", self.device.path,
                  known.name if known else file_name(record.type, self.name, record.id),
                  record.zones[0].offset)
@@ -315,10 +343,10 @@ class Store(ABC):
     def _decode(self, record: Record) -> Decoded:
         """The record's file, read from the device."""
 
-    @abstractmethod
     def _erase_zones(self, record: Record) -> None:
         """The writes of the kernel's erase of `record` (validated just before; the
-        sync follows)."""
+        sync follows): what every back end whose writer defines an erase implements."""
+        raise EraseUnsupportedError(f"{self.device.path}: this back end defines no erase")
 
     def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
         """Whether `zone` still holds what listing read there."""
@@ -341,9 +369,23 @@ class Store(ABC):
         return file_name(record.type, self.name, record.id, undecodable=undecodable)
 
     def _decoded(self, record: Record, slot: int | None) -> Decoded:
-        """Decode `record` and keep what was learnt (`slot` its `_slot`). Decoded again
-        if an erase wrote while it was read: on flash an erase rewrites its whole erase
-        block, the zones it shares with this one included."""
+        """Decode `record` and keep what was learnt (`slot` its `_slot`), unless the
+        record was erased meanwhile."""
+        decoded = (self._decode_between_erases(record) if self.erases_reach_other_records
+                   else self._decode(record))
+        if slot is not None:  # kept by slot: a small int, not the record's objects
+            with self._lock:
+                if not self._gone[slot]:
+                    self._codes[slot] = (_UNDECODABLE if decoded.undecodable
+                                         else _CODES.get(decoded.compressor, 0))
+                    self._sizes[slot] = len(decoded.body)
+                    self._cache.put(slot, decoded.body)
+        return decoded
+
+    def _decode_between_erases(self, record: Record) -> Decoded:
+        """`_decode`, done again where an erase wrote while it read (a seqlock): on flash
+        an erase rewrites its whole erase block, the zones it shares with this one
+        included. After `_READ_RETRIES`, once more with erases held off."""
         for _ in range(_READ_RETRIES):
             erases = self._erases
             if erases % 2:  # an erase is writing: wait for it to end
@@ -351,13 +393,6 @@ class Store(ABC):
                     continue
             decoded = self._decode(record)
             if self._erases == erases:
-                break
-        else:
-            raise ZoneChangedError(f"{self.device.path}: {self._file_name(record)}: erases "
-                                   "kept changing the device while it was read")
-        if slot is not None:  # kept by slot: a small int, not the record's objects
-            self._codes[slot] = (_UNDECODABLE if decoded.undecodable
-                                 else _CODES.get(decoded.compressor, 0))
-            self._sizes[slot] = len(decoded.body)
-            self._cache.put(slot, decoded.body)
-        return decoded
+                return decoded
+        with self._lock:
+            return self._decode(record)

@@ -136,7 +136,7 @@ def _mtd_erase(device: Device, offset: int, length: int) -> None:
         fcntl.ioctl(device.fd, memerase(), ERASE_INFO_USER.pack(start, length))
     except OSError as exc:
         raise DeviceError(f"{device.path}: MEMERASE of {length} bytes at {start:#x} "
-                          f"failed: {exc.strerror}", exc.errno) from None
+                          f"failed: {exc.strerror}", exc.errno, writing=True) from None
 
 
 def _programmed_units(data: bytes, unit: int) -> list[tuple[int, bytes]]:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 from pstorefs.errors import (
     DeviceError,
-    EraseUnsupportedError,
     FormatError,
     GeometryError,
 )
@@ -52,7 +51,8 @@ OPTIONS: frozenset[str] = frozenset()
 """The options this back end reads (besides backend=, offset=, size=, name=, ro)."""
 
 LOG_CACHE_BUDGET = 16 << 20
-"""Its one body is the whole log (1 MiB tiles): kept whole for `ls` then `cat`."""
+"""Its one body is the whole log (1 MiB tiles): kept for `ls` then `cat` while it is at
+most this large; a larger one is read again."""
 
 DEFAULT_NAME = "blockconsole"
 
@@ -79,6 +79,9 @@ def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> Blo
 
 class BlockConsoleStore(Store):
     """A blockconsole device: its log, found from the tile headers."""
+
+    erase_refused = ("blockconsole defines no erase: its writer overwrites the oldest tile "
+                     "itself (mkblockconsole starts a new log)")
 
     def __init__(self, device: Device, *, name: str,
                  cache_budget: int = LOG_CACHE_BUDGET) -> None:
@@ -170,11 +173,6 @@ class BlockConsoleStore(Store):
         return tile_text(raw)
 
     # -- erase ------------------------------------------------------------------------
-    def _erase_zones(self, record: Record) -> None:
-        """Refused: see the module's docstring."""
-        raise EraseUnsupportedError(
-            f"{self.device.path}: blockconsole defines no erase: its writer overwrites the "
-            "oldest tile itself (mkblockconsole starts a new log)")
 
 
 def _header(raw: bytes, tile: int) -> TileHeader | None:

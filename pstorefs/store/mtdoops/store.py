@@ -101,6 +101,8 @@ class MtdoopsStore(Store):
     Opening reads the 16 header bytes of each page; a page's text is read the first
     time its size or content is asked for, and kept in a fixed-budget cache."""
 
+    erases_reach_other_records = True  # an erase rewrites the page's whole erase block
+
     def __init__(self, device: Device, *, record_size: int, erasesize: int | None,
                  name: str) -> None:
         super().__init__(device, name)
@@ -181,6 +183,11 @@ class MtdoopsStore(Store):
                                                   zone.buffer_size)))
 
     # -- erase ----------------------------------------------------------------------
+    def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
+        """As listed, or erased by an erase of ours that failed before its sync."""
+        now = self.device.read(zone.offset, len(snapshot))
+        return now in (snapshot, bytes([ERASED]) * len(snapshot))
+
     def _erase_zones(self, record: Record) -> None:
         """Erase the page's erase block and write back its other pages."""
         assert self.erasesize is not None, "a writable mtdoops store has its erasesize"

@@ -52,7 +52,15 @@ from pstorefs.format.ramoops import (
     sig_matches,
     zap_writes,
 )
-from pstorefs.store.base import DEFAULT_CACHE_BUDGET, Decoded, Layout, Record, Store, Zone
+from pstorefs.store.base import (
+    DEFAULT_CACHE_BUDGET,
+    Decoded,
+    Layout,
+    Record,
+    Store,
+    Zone,
+    partial_states,
+)
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.ramoops.detect import find_layout
@@ -358,8 +366,25 @@ class RamoopsStore(Store):
 
     # -- erase ----------------------------------------------------------------------
     def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
-        """Its header, the header's parity and a dmesg record's start as listed."""
-        return self._snapshot(zone) == snapshot
+        """Its header, the header's parity and a dmesg record's start as listed, or as
+        an erase of ours that failed part-way left them (a retried `rm` finishes it)."""
+        now = self._snapshot(zone)
+        if now == snapshot:
+            return True
+        header, rest = snapshot[:PERSISTENT_RAM_BUFFER_SIZE], snapshot[PERSISTENT_RAM_BUFFER_SIZE:]
+        states = [state + rest for state in partial_states(header, zap_writes(
+            little_endian=self.little_endian))]
+        if self._codec:  # the zapped header with its new parity
+            parity = self._zapped_parity(self._przs[zone])
+            states.append(states[-1][:PERSISTENT_RAM_BUFFER_SIZE] + parity
+                          + rest[len(parity):])
+        return now in states
+
+    def _zapped_parity(self, prz: Prz) -> bytes:
+        """The parity `persistent_ram_zap` writes for the zapped header."""
+        assert self._codec is not None
+        return self._codec.encode(build_buffer(RamBuffer(prz.buffer.sig, 0, 0),
+                                               little_endian=self.little_endian))
 
     def _erase_zones(self, record: Record) -> None:
         """`persistent_ram_zap` of each zone of the record: `start` and `size` to 0
@@ -372,6 +397,4 @@ class RamoopsStore(Store):
             self.device.write_fields(zone.offset, zap_writes(little_endian=self.little_endian))
             if self._codec:
                 prz = self._przs[zone]
-                header = build_buffer(RamBuffer(prz.buffer.sig, 0, 0),
-                                      little_endian=self.little_endian)
-                self.device.write(zone.offset + prz.ecc.par_header, self._codec.encode(header))
+                self.device.write(zone.offset + prz.ecc.par_header, self._zapped_parity(prz))

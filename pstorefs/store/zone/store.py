@@ -25,7 +25,6 @@ from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.zone import (
     KmsgHeader,
     ZoneHeader,
-    erase_states,
     erase_writes,
     kmsg_prefix,
     kmsg_zone_ok,
@@ -34,7 +33,15 @@ from pstorefs.format.zone import (
     ring_unwrap,
     ring_zone_ok,
 )
-from pstorefs.store.base import DEFAULT_CACHE_BUDGET, Decoded, Layout, Record, Store, Zone
+from pstorefs.store.base import (
+    DEFAULT_CACHE_BUDGET,
+    Decoded,
+    Layout,
+    Record,
+    Store,
+    Zone,
+    partial_states,
+)
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
@@ -102,6 +109,7 @@ class ZoneStore(Store):
                  show_erased: bool = False, erasesize: int | None = None) -> None:
         super().__init__(device, name, cache_budget)
         self.erasesize = erasesize
+        self.erases_reach_other_records = erasesize is not None  # mtdpstore: a block
         self.geometry = geometry
         self.symbols = symbols
         self.assumed = tuple(assumed)
@@ -354,7 +362,7 @@ class ZoneStore(Store):
         if self.erasesize:
             return now == b"\xff" * len(snapshot)
         ring = zone.type is not PstoreType.DMESG
-        return now in erase_states(self._byte_order, snapshot, ring=ring)
+        return now in partial_states(snapshot, erase_writes(self._byte_order, ring=ring))
 
     def _erase_zones(self, record: Record) -> None:
         """What zone.c's erase writes. dmesg: `datalen` = 0 (`psz_kmsg_erase`,
