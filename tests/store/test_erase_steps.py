@@ -94,7 +94,8 @@ def test_blockconsole_rm_is_eperm_before_anything_is_compared(tmp_path: Path) ->
     path = save(disk, tmp_path / "console.img")
     with closing(open_store(str(path), StoreConfig())) as store:
         record, = store.records
-        with open(path, "r+b") as fh:  # the writer moves on: a new round over tile 0
+        with open(path, "r+b") as fh:  # the writer moves on: a new round over a tile
+            fh.seek(record.zones[0].offset)
             fh.write(bytes(16))
         moved = path.read_bytes()
         with pytest.raises(EraseUnsupportedError) as refused:
