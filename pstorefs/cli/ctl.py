@@ -236,4 +236,3 @@ def ctl(args: list[str]) -> int:
 
 def main() -> None:
     sys.exit(ctl(sys.argv[1:]))
-

@@ -46,9 +46,6 @@ from pstorefs.format.consts import DUMP_HEADER
 CODECS: tuple[str, ...] = ("deflate", "zstd", "lzo", "lz4", "842")
 _ALIASES = {"lz4hc": "lz4"}  # the same block format and decoder, see above
 
-# What platform.c's pstore_dump() writes first: "%s#%d Part%u\n", the reason being
-# kmsg_dump_reason_str() (5.8+: Panic, Oops, Emergency, Shutdown, Unknown) or, before
-# 5.8, get_reason_str() (also Restart, Halt, Poweroff).
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878 frame magic, little-endian 0xFD2FB528
 
 

@@ -195,6 +195,7 @@ ABI_ALIASES: dict[str, str] = {
 keeps the CPU in `ip`: `arm` is `le32`, the NR_CPUS > 4 kernel; name `le32-cpuip3` or
 `le32-cpuip1` for the others (or let auto-detection tell them from the ftrace records)."""
 
+
 def byte_order_abi(little_endian: bool) -> Abi:
     """An ABI of that byte order, for structs that read the same on all of them (the
     zone header, the ramoops header)."""

@@ -48,9 +48,6 @@ from pstorefs.errors import FormatError
 from pstorefs.format.zone import parse
 
 BLOCKCONSOLE_MAGIC = b"\nLinux blockconsole version 1.1\n"
-BCON_UUID_OFS = 32
-BCON_ROUND_OFS = 41
-BCON_TILE_OFS = 50
 BCON_HEADERSIZE = 50
 """What `bcon_find_end_of_log` compares: magic, uuid and round, not the tile index."""
 BCON_LONG_HEADERSIZE = 59

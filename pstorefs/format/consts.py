@@ -107,9 +107,18 @@ def reason_name(reason: int, text: bytes = b"") -> str:
     `"%s#%d Part%u\n"` naming the reason in the writer's words (`Restart#1 Part1`).
     Everything else is the 5.8+ `kmsg_dump_reason_str`.
     """
-    if reason in (5, 6) or (reason == 4 and text.startswith(b"Restart#")):
+    restart = reason == KmsgDumpReason.SHUTDOWN and text.startswith(b"Restart#")
+    if restart or (reason in _PRE_5_8_REASONS and reason != KmsgDumpReason.SHUTDOWN):
         return _PRE_5_8_REASONS[reason]
     return kmsg_dump_reason_str(reason)
+
+
+def timespec_ns(tv_sec: int, tv_nsec: int) -> int | None:
+    """A record's time as a file's mtime in ns (clamped to what st_mtime holds), or
+    None where inode.c keeps the mount time (`tv_sec == 0`)."""
+    if tv_sec == 0:
+        return None
+    return max(-(1 << 63), min(tv_sec * 1_000_000_000 + tv_nsec, (1 << 63) - 1))
 
 
 def zone_sig(ptype: PstoreType) -> int:

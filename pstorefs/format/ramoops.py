@@ -18,10 +18,10 @@ from construct import Int32ub, Int32ul, Struct
 
 from pstorefs.errors import GeometryError
 from pstorefs.format.abi import field_span
-from pstorefs.format.consts import PstoreType
+from pstorefs.format.consts import PSZ_SIG, PstoreType, timespec_ns
 from pstorefs.format.zone import parse
 
-PERSISTENT_RAM_SIG = 0x43474244
+PERSISTENT_RAM_SIG = PSZ_SIG
 """`PERSISTENT_RAM_SIG` ("DBGC"): the `sig` of dmesg, console and pmsg zones."""
 
 PERSISTENT_RAM_BUFFER_SIZE = 12
@@ -186,11 +186,7 @@ class RecordHeader:
 
     @property
     def time_ns(self) -> int | None:
-        """The file's mtime; None where inode.c keeps the mount time (`tv_sec == 0`)."""
-        if self.tv_sec == 0:
-            return None
-        ns = self.tv_sec * 1_000_000_000 + self.tv_nsec
-        return max(-(1 << 63), min(ns, (1 << 63) - 1))
+        return timespec_ns(self.tv_sec, self.tv_nsec)
 
 
 def parse_kmsg_hdr(content: bytes) -> RecordHeader:

@@ -30,6 +30,7 @@ from pstorefs.format.consts import (
     PstoreType,
     ZoneFormat,
     reason_name,
+    timespec_ns,
     zone_sig,
 )
 
@@ -66,12 +67,7 @@ class KmsgHeader(NamedTuple):
 
     @property
     def time_ns(self) -> int | None:
-        """The record time in ns, or None where inode.c keeps the mount time
-        (`tv_sec == 0`)."""
-        if self.tv_sec == 0:
-            return None
-        ns = self.tv_sec * 1_000_000_000 + self.tv_nsec
-        return max(-(1 << 63), min(ns, (1 << 63) - 1))
+        return timespec_ns(self.tv_sec, self.tv_nsec)
 
 
 RING_AND_DMESG_TYPES = (PstoreType.DMESG, PstoreType.CONSOLE, PstoreType.FTRACE,
@@ -83,6 +79,9 @@ SIGNATURE = re.compile(b"|".join(
     for ptype in RING_AND_DMESG_TYPES for order in ("little", "big")))
 """Any zone's `sig` as the bytes a writer of either byte order leaves (`DBGC`...,
 `CGBD`...)."""
+
+SIGNATURE_SIZE = 4
+"""Bytes of `sig`, which opens every zone header."""
 
 HEADER_PROBE = PSZ_BUFFER_SIZE + 4
 """Bytes that show a zone header found anywhere for what it is: the header, and the
@@ -104,7 +103,7 @@ class FoundHeader(NamedTuple):
 def parse_found_header(raw: bytes) -> FoundHeader | None:
     """The zone header at the start of `raw` (`HEADER_PROBE` bytes), if its signature
     is one pstore/zone writes, in the byte order it shows."""
-    if len(raw) < HEADER_PROBE or not SIGNATURE.fullmatch(raw[:4]):
+    if len(raw) < HEADER_PROBE or not SIGNATURE.fullmatch(raw[:SIGNATURE_SIZE]):
         return None
     little = raw[1:3] == b"BG"  # "DBGC" read little-endian; big-endian is "CGBD"
     abi = byte_order_abi(little)

@@ -30,7 +30,8 @@ so two decode side by side while the event loop answers."""
 READ_AHEAD = 32
 READ_AHEAD_BYTES = 512 << 10
 """At most how many records, and how many bytes of them, are decoded ahead of lookups
-and opens in listing order: well within what the store's cache keeps (2 MiB)."""
+and opens in listing order: well within what the store's cache keeps
+(`pstorefs.store.base.DEFAULT_CACHE_BUDGET`)."""
 
 
 async def decode_ahead(store: Store, records: Iterable[Record], *,

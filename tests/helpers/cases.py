@@ -72,15 +72,17 @@ ZONE_SIG = {"dmesg": PSZ_SIG ^ 0, "console": PSZ_SIG ^ 2, "ftrace": PSZ_SIG ^ 3,
 
 
 @dataclass(frozen=True)
-class ZoneSpan:
-    """One zone of a case's layout: its type name, offset and size in bytes."""
+class ExpectedZone:
+    """One zone of a case's layout: its type name, offset and size in bytes, worked out
+    here from the case's module parameters and zone.c, independently of pstorefs' own
+    `Zone` and `Geometry`: the tests' oracle must not be the code it checks."""
 
     type: str
     offset: int
     size: int
 
 
-def zone_layout(case: Case, image_bytes: int | None = None) -> list[ZoneSpan]:
+def zone_layout(case: Case, image_bytes: int | None = None) -> list[ExpectedZone]:
     """Every zone of `case` (with its mount options) on an image of `image_bytes`."""
     def kib(key: str) -> int:
         return max(int(case.option(key, "0") or 0), 0) * 1024
@@ -89,17 +91,17 @@ def zone_layout(case: Case, image_bytes: int | None = None) -> list[ZoneSpan]:
     zones, offset = [], 0
     for kind in ("pmsg", "console"):
         if size := kib(f"{kind}_size"):
-            zones.append(ZoneSpan(kind, offset, size))
+            zones.append(ExpectedZone(kind, offset, size))
             offset += size
     if ftrace := kib("ftrace_size"):
         cpus = int(case.option("nr_cpus", "1") or 1)
         per_cpu = ftrace // cpus
         for cpu in range(cpus):
-            zones.append(ZoneSpan("ftrace", offset + cpu * per_cpu, per_cpu))
+            zones.append(ExpectedZone("ftrace", offset + cpu * per_cpu, per_cpu))
         offset += ftrace
     kmsg = kib("kmsg_size")
     while kmsg and offset + kmsg <= total:
-        zones.append(ZoneSpan("dmesg", offset, kmsg))
+        zones.append(ExpectedZone("dmesg", offset, kmsg))
         offset += kmsg
     return zones
 

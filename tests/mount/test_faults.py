@@ -38,7 +38,7 @@ import pytest
 from helpers.cases import (
     ERASE_CASES,
     Case,
-    ZoneSpan,
+    ExpectedZone,
     case_by_id,
     expected_after_erase,
     sha256,
@@ -117,7 +117,7 @@ def kernel_name(name: str) -> tuple[str, int]:
     return kind, int(index)
 
 
-def zones_of(case: Case, name: str, size: int | None = None) -> list[ZoneSpan]:
+def zones_of(case: Case, name: str, size: int | None = None) -> list[ExpectedZone]:
     kind, index = kernel_name(name)
     zones = [z for z in zone_layout(case, size) if z.type == kind]
     return [zones[index]] if kind == "dmesg" else zones
@@ -176,7 +176,7 @@ def faulty_case(tmp_path: Path, case: Case, image: str = "image.bin"
         yield fm
 
 
-def erased_zone(before: bytes, z: ZoneSpan, *, start_too: bool) -> bytes:
+def erased_zone(before: bytes, z: ExpectedZone, *, start_too: bool) -> bytes:
     b = bytearray(before[z.offset:z.offset + z.size])
     b[4:8] = bytes(4)
     if start_too:
@@ -184,12 +184,13 @@ def erased_zone(before: bytes, z: ZoneSpan, *, start_too: bool) -> bytes:
     return bytes(b)
 
 
-def straddles(z: ZoneSpan) -> bool:
+def straddles(z: ExpectedZone) -> bool:
     """`datalen` and `start` in different 512-byte sectors."""
     return (z.offset + 4) // SECTOR != (z.offset + 11) // SECTOR
 
 
-def zone_verdicts(case: Case, before: bytes, after: bytes, *, zones: list[ZoneSpan] | None = None
+def zone_verdicts(case: Case, before: bytes, after: bytes, *,
+                  zones: list[ExpectedZone] | None = None
                   ) -> tuple[list[str], dict[str, int]]:
     """Every zone byte-identical to before, or exactly erased: datalen 0 (dmesg), datalen
     and start 0 (pmsg, console, ftrace; where the two straddle a sector, datalen 0 alone

@@ -1,4 +1,4 @@
-"""pstore's compressors before Linux 6.6 (pstorefs/store/decompress.py, sw842.py).
+"""pstore's compressors before Linux 6.6 (pstorefs/codecs/compression.py, sw842.py).
 
 No stream here comes from a writer of our own: the deflate, zstd, LZO and LZ4 streams
 are made by the reference libraries' compressors (zlib, libzstd, liblzo2's lzo1x_1,

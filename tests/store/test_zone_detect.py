@@ -1,6 +1,6 @@
-"""Layout detection (pstorefs/store/detect.py) on the kernel's images and on hostile
-ones: with no size option, the layout comes from the partition itself, and it must show
-exactly what the true options show.
+"""Layout detection (pstorefs/store/zone/ detect, scan, infer, fronts) on the kernel's
+images and on hostile ones: with no size option, the layout comes from the partition
+itself, and it must show exactly what the true options show.
 
 The oracle is twofold: the kernel's own files for its images (tests/data/fixtures), and
 for images the test writer makes (tests/helpers/zone_writer.py, pinned to the kernel),

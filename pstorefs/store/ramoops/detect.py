@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 from pstorefs.codecs.reed_solomon import rs_codec
 from pstorefs.errors import DeviceError
-from pstorefs.format.consts import PstoreType
+from pstorefs.format.consts import PstoreType, vote_little_endian
 from pstorefs.format.ramoops import (
     MIN_MEM_SIZE,
     PERSISTENT_RAM_BUFFER_SIZE,
     PERSISTENT_RAM_SIG,
     RAMOOPS_KERNMSG_HDR,
     RamBuffer,
+    ecc_geometry,
     parse_buffer,
     rounddown_pow_of_two,
     sig_matches,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 _MIN_FTRACE_VERSION = 0x30000
 """`KERNEL_VERSION(3, 0, 0)`: detection takes an ftrace signature for one only when it
 holds a version code that old or newer."""
+
 
 def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
     """Whether the source starts as a ramoops region: zone 0's header (a dmesg zone,
@@ -188,8 +190,7 @@ class _HeaderReader:
         self._read = read
         self.mem_size = mem_size
         self._cache: dict[int, RamBuffer | None] = {}
-        head = self._raw(0, 4)
-        self.little_endian = head != PERSISTENT_RAM_SIG.to_bytes(4, "big")
+        self.little_endian = vote_little_endian([(self._raw(0, 4), PERSISTENT_RAM_SIG.__eq__)])
 
     def _raw(self, offset: int, length: int) -> bytes:
         try:
@@ -239,7 +240,7 @@ class _HeaderReader:
         buffer = self.get(offset)
         if buffer is None or buffer.size == 0:
             return 0
-        head = self._raw(offset + PERSISTENT_RAM_BUFFER_SIZE, 4)
+        head = self._raw(offset + PERSISTENT_RAM_BUFFER_SIZE, len(RAMOOPS_KERNMSG_HDR))
         return 1 if head == RAMOOPS_KERNMSG_HDR else -1
 
     def areas(self, offset: int, console: int, ftrace: int, pmsg: int,
@@ -266,8 +267,8 @@ class _HeaderReader:
         for ecc_size in _DETECT_ECC_SIZES:
             codec = rs_codec(ecc_size)
             if all(codec.encode(self._raw(span.offset, PERSISTENT_RAM_BUFFER_SIZE))
-                   == self._raw(span.offset + span.size - ecc_size, ecc_size)
+                   == self._raw(span.offset + ecc_geometry(span.size, ecc_size).par_header,
+                                ecc_size)
                    for span in spans):
                 return ecc_size
         return 0
-

@@ -91,7 +91,6 @@ def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> Ram
                         symbols=symbols, assumed=assumed)
 
 
-
 @dataclass(frozen=True)
 class Prz:
     """One zone as the probe leaves it (`struct persistent_ram_zone`): its place, its
@@ -118,7 +117,7 @@ class RamoopsStore(Store):
                  abi: Abi | None = None, symbols: SymbolTable = NO_SYMBOLS,
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = ()) -> None:
         super().__init__(device, name, cache_budget)
-        self.parameters = layout
+        self.geometry = layout
         self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = layout.zones()
@@ -131,7 +130,7 @@ class RamoopsStore(Store):
         self._keep_slots(len(self._records))
 
     def layout(self) -> Layout:
-        g = self.parameters
+        g = self.geometry
         return Layout(
             backend="ramoops", format="ramoops", abi=self.abi.name,
             little_endian=self.little_endian,
@@ -143,7 +142,7 @@ class RamoopsStore(Store):
             mount_options=f"{g.mount_options()},abi={self.abi.name}", assumed=self.assumed)
 
     def describe(self) -> str:
-        return (f"{self.device.path}: ramoops, {self.parameters.mount_options()}: "
+        return (f"{self.device.path}: ramoops, {self.geometry.mount_options()}: "
                 f"{len(self.zones)} zones, {len(self._records)} records")
 
     # -- listing ----------------------------------------------------------------
@@ -162,7 +161,7 @@ class RamoopsStore(Store):
         """The bytes that identify what a zone holds, re-read before an erase: its
         header, the header's parity, and for dmesg the start of the record."""
         raw = self.device.read(zone.offset, PERSISTENT_RAM_BUFFER_SIZE)
-        ecc = ecc_geometry(zone.size, self.parameters.ecc_size)
+        ecc = ecc_geometry(zone.size, self.geometry.ecc_size)
         if ecc.ecc_size:
             raw += self.device.read(zone.offset + ecc.par_header, ecc.ecc_size)
         if zone.type is PstoreType.DMESG:
@@ -179,7 +178,7 @@ class RamoopsStore(Store):
             log.error("%s zone %d at %#x: %s: skipped", zone.type.file_prefix, zone.index,
                       zone.offset, exc)
             return None
-        ecc = ecc_geometry(zone.size, self.parameters.ecc_size)
+        ecc = ecc_geometry(zone.size, self.geometry.ecc_size)
         header = snapshot[:PERSISTENT_RAM_BUFFER_SIZE]
         corrected = bad = 0
         if self._codec:
@@ -313,7 +312,7 @@ class RamoopsStore(Store):
                 attrs["counter"] = dump[2].decode()
         if self._codec:
             corrected, bad = self._ecc_counts[record]
-            attrs["ecc_size"] = str(self.parameters.ecc_size)
+            attrs["ecc_size"] = str(self.geometry.ecc_size)
             attrs["ecc_corrected_bytes"] = str(corrected)
             attrs["ecc_unrecoverable_blocks"] = str(bad)
         return attrs
@@ -354,7 +353,7 @@ class RamoopsStore(Store):
         """`psinfo->bufsize`, the first dmesg zone's data capacity: Linux 6.6+ inflates
         into three times it."""
         first = next(z for z in self.zones if z.type is PstoreType.DMESG)
-        return ecc_geometry(first.size, self.parameters.ecc_size).buffer_size
+        return ecc_geometry(first.size, self.geometry.ecc_size).buffer_size
 
     def _ftrace_text(self, record: Record) -> tuple[bytes, int, int]:
         per_cpu, corrected, bad = [], 0, 0

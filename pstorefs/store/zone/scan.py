@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pstorefs.errors import PstoreError
 from pstorefs.format.consts import MAX_CPUS, PstoreType, ZoneFormat
-from pstorefs.format.zone import HEADER_PROBE, SIGNATURE, parse_found_header
+from pstorefs.format.zone import HEADER_PROBE, SIGNATURE, SIGNATURE_SIZE, parse_found_header
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _signatures(buf: bytes, start: int, stop: int) -> Iterator[int]:
     `FBGC` would otherwise hide the real header (the patterns overlap)."""
     at = start
     while at < stop:
-        match = SIGNATURE.search(buf, at, stop + 3)
+        match = SIGNATURE.search(buf, at, stop + SIGNATURE_SIZE - 1)
         if match is None or match.start() >= stop:
             return
         yield match.start()

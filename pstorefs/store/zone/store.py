@@ -384,8 +384,6 @@ class ZoneStore(Store):
             self.device.write_fields(zone.offset, erase_writes(self._byte_order, ring=ring))
 
 
-
-
 def _decompress_trimmed(payload: bytes, limit: int) -> tuple[bytes, str] | None:
     """An erased record's stream, whose length went with `datalen`: the zone was written
     whole with zeros after the stream, which was cut at the last non-zero byte, so put
@@ -395,7 +393,3 @@ def _decompress_trimmed(payload: bytes, limit: int) -> tuple[bytes, str] | None:
         if decoded is not None:
             return decoded
     return None
-
-
-
-
