@@ -52,6 +52,12 @@ class Ownership:
     gid: int = 0
     umask: int | None = None
 
+    def may_erase(self, uid: int) -> bool:
+        """Whether user `uid` may `rm`: root and the files' owner (`uid=`), as only
+        root may in the kernel's 0750 root-owned directory. Modes that let others in
+        (`allow_other`, `umask=`) let them read, not erase."""
+        return uid in (0, self.uid)
+
     @property
     def file_mode(self) -> int:
         return FILE_MODE if self.umask is None else FILE_MODE & ~self.umask
@@ -315,6 +321,8 @@ class Operations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._check_erasable(parent_inode)
+        if not self.ownership.may_erase(ctx.uid):
+            raise pyfuse3.FUSEError(errno.EPERM)
         async with self._erase_lock:
             inode = await self._find(parent_inode, name)
             if (await self._entry(inode)).name != os.fsdecode(name):

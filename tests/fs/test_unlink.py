@@ -25,7 +25,7 @@ from helpers.cases import (
     two_cpu_ftrace_image,
     zone_layout,
 )
-from helpers.operations import ALL_FRONTS, CTX, KMSG, ROOT, expect_errno, read_all
+from helpers.operations import ALL_FRONTS, CTX, KMSG, ROOT, Ctx, expect_errno, read_all
 from pstorefs.fs import Operations, Ownership
 
 I386 = case_by_id("i386-all-fronts")
@@ -386,3 +386,15 @@ async def test_concurrent_opens_of_one_inode(open_ops) -> None:
             except pyfuse3.FUSEError as exc:  # an errno is survivable; anything else is not
                 pytest.fail(f"read on a live handle after another's release: errno {exc.errno}")
             assert got == want[100:300]
+
+
+async def test_unlink_is_for_root_and_the_files_owner(open_ops) -> None:
+    """EPERM for a caller that is neither root nor the files' owner (`uid=`), whatever
+    the modes; nothing is written. The owner may, as root may."""
+    name = sorted(KMSG.files)[0].encode()
+    m = open_ops(KMSG, ownership=Ownership(uid=65534, umask=0))
+    before = m.image.read_bytes()
+    await expect_errno(errno.EPERM, m.ops.unlink(ROOT, name, Ctx(uid=1000)))
+    assert m.image.read_bytes() == before
+    await m.ops.unlink(ROOT, name, Ctx(uid=65534))
+    assert m.image.read_bytes() != before
