@@ -116,6 +116,8 @@ def parse_options(groups: list[str]) -> MountOptions:
                 store["format"] = value
             elif item == "show_erased":
                 store["show_erased"] = True
+            elif item == "force":
+                store["force"] = True
             elif item == "ro":
                 store["read_only"] = True
             elif item == "rw":
@@ -171,6 +173,8 @@ it); once one is given, the others take the kernel's defaults as below:
   record_size=N    ramoops, mtdoops: record size in bytes (ramoops also takes its
                    console_size, ftrace_size, pmsg_size in bytes, and ecc=N)
   erasesize=N      flash (mtdpstore, mtdoops) image: erase block in bytes
+  force            read a source that holds another filesystem's or a partition
+                   table's signature (refused otherwise)
   ro               never write; rm fails with EROFS
   uid=, gid=       owner of the files (default root)
   umask=OCTAL      directory mode 0777 & ~umask, files 0444 & ~umask (default 0750/0444)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from pstorefs.errors import PstoreError, UsageError
+from pstorefs.errors import PstoreError, SourceError, UsageError
 from pstorefs.format.kallsyms import NO_SYMBOLS
 from pstorefs.store import blockconsole, mtdoops, ramoops, zone
 from pstorefs.store.base import Entry, Layout, Record, Store
 from pstorefs.store.config import BACKENDS, SIZE_OPTIONS, StoreConfig
 from pstorefs.store.device import Device
+from pstorefs.store.signatures import foreign_signature
 from pstorefs.store.symbols import load_system_map
 
 __all__ = ["BACKENDS", "SIZE_OPTIONS", "Entry", "Layout", "Record", "Store", "StoreConfig",
@@ -30,7 +31,7 @@ _RECOGNIZED_FIRST = ("mtdoops", "blockconsole", "ramoops")
 """Asked in this order whether the source is theirs; pstore/zone is assumed otherwise
 (its detection is the scan of `pstorefs.store.zone.detect`, which refuses what is not)."""
 
-_EVERY_BACKEND = frozenset({"backend", "offset", "size", "name", "read_only"})
+_EVERY_BACKEND = frozenset({"backend", "offset", "size", "name", "read_only", "force"})
 
 
 def _recognizes(name: str, device: Device) -> bool:
@@ -49,6 +50,9 @@ def open_store(source: str, config: StoreConfig) -> Store:
     device = Device(source, read_only=config.read_only, offset=config.offset,
                     size=config.size)
     try:
+        if not config.force and (held := foreign_signature(device)):
+            raise SourceError(f"{source}: holds {held} (as blkid -p sees it), not a pstore "
+                              "area: not opened (-o force reads it all the same)")
         name = config.backend if config.backend != "auto" else next(
             (n for n in _RECOGNIZED_FIRST if _recognizes(n, device)), "zone")
         module = _MODULES[name]

@@ -41,6 +41,7 @@ class StoreConfig:
     read_only: bool = False
     system_map: str | None = None
     show_erased: bool = False
+    force: bool = False
 
     @property
     def layout_given(self) -> bool:

@@ -34,6 +34,8 @@ class Detection:
 
     geometry: Geometry
     assumed: tuple[str, ...] = ()
+    found_nothing: bool = False
+    """No zone header anywhere: nothing to read, and nothing to erase."""
 
 
 def infer_layout(hits: Sequence[Hit], size: int, *, nr_cpus: int | None = None,
@@ -58,7 +60,8 @@ def infer_layout(hits: Sequence[Hit], size: int, *, nr_cpus: int | None = None,
         kmsg = min(DEFAULT_SIZE, align_down(total))
         return Detection(Geometry(kmsg_size=kmsg, format=fmt), (
             "no zone header found (an unused partition): "
-            f"kmsg_size={kmsg // 1024} taken (the kernel's default, or what fits)",))
+            f"kmsg_size={kmsg // 1024} taken (the kernel's default, or what fits)",),
+            found_nothing=True)
     notes: Notes = ()
     dmesg = [hit for hit in hits if hit.type is PstoreType.DMESG]
     fronts = [hit for hit in hits if hit.type is not PstoreType.DMESG]

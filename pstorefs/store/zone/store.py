@@ -89,6 +89,10 @@ def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> Zon
     """The pstore/zone back end (pstore/blk, mtdpstore, the blkoops RFC)."""
     erasesize = erase_block_size(device, config.erasesize)
     layout = find_layout(device, config, erasesize=erasesize)
+    if layout.found_nothing and not device.read_only:
+        log.warning("%s: no pstore header anywhere: nothing to erase, so opened read-only",
+                    device.path)
+        device.read_only = True
     return ZoneStore(device, layout.geometry, name=config.name_or(DEFAULT_NAME),
                      abi=None if config.abi == "auto" else resolve_abi(config.abi),
                      symbols=symbols, assumed=layout.assumed,
