@@ -77,6 +77,12 @@ ZAPPED_FIELDS = ("size", "start")
 never reads as a record."""
 
 
+def sig_word(raw: bytes) -> bytes:
+    """The bytes of the `sig` that opens a zone's header, in whatever byte order."""
+    at, size = field_span(_BUFFER[True], "sig")
+    return raw[at:at + size]
+
+
 @cache
 def zap_writes(*, little_endian: bool) -> tuple[tuple[int, bytes], ...]:
     """(offset in the zone, bytes) of each header write of `persistent_ram_zap`."""

@@ -88,6 +88,12 @@ HEADER_PROBE = PSZ_BUFFER_SIZE + 4
 dmesg header's `magic` after either format's zone header (at +8 or +12)."""
 
 
+def sig_word(raw: bytes) -> bytes:
+    """The bytes of the `sig` that opens a zone header, in whatever byte order."""
+    at, size = field_span(zone_header_struct(byte_order_abi(True)), "sig")
+    return raw[at:at + size]
+
+
 class FoundHeader(NamedTuple):
     """A zone header found by its signature, before anything says where zones are."""
 

@@ -28,6 +28,7 @@ from pstorefs.format.ramoops import (
     parse_buffer,
     rounddown_pow_of_two,
     sig_matches,
+    sig_word,
 )
 from pstorefs.format.zone import HEADER_PROBE, parse_found_header
 from pstorefs.store.config import StoreConfig
@@ -190,7 +191,8 @@ class _HeaderReader:
         self._read = read
         self.mem_size = mem_size
         self._cache: dict[int, RamBuffer | None] = {}
-        self.little_endian = vote_little_endian([(self._raw(0, 4), PERSISTENT_RAM_SIG.__eq__)])
+        head = sig_word(self._raw(0, PERSISTENT_RAM_BUFFER_SIZE))
+        self.little_endian = vote_little_endian([(head, PERSISTENT_RAM_SIG.__eq__)])
 
     def _raw(self, offset: int, length: int) -> bytes:
         try:

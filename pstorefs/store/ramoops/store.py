@@ -50,6 +50,7 @@ from pstorefs.format.ramoops import (
     parse_kmsg_hdr,
     ring_content,
     sig_matches,
+    sig_word,
     zap_writes,
 )
 from pstorefs.store.base import (
@@ -151,7 +152,8 @@ class RamoopsStore(Store):
         def words() -> Iterator[tuple[bytes, Callable[[int], bool]]]:
             for zone in self.zones:
                 try:
-                    yield self.device.read(zone.offset, 4), partial(sig_matches, zone.type)
+                    header = self.device.read(zone.offset, PERSISTENT_RAM_BUFFER_SIZE)
+                    yield sig_word(header), partial(sig_matches, zone.type)
                 except DeviceError:
                     continue
 

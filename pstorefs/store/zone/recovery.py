@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, vote_little_endian, zone_sig
-from pstorefs.format.zone import dmesg_probe_format
+from pstorefs.format.zone import dmesg_probe_format, sig_word
 from pstorefs.store.base import Record, Zone
 from pstorefs.store.device import Device
 from pstorefs.store.lazy import LazySequence
@@ -57,8 +57,8 @@ class Probes:
         """The writer's byte order, from the signatures at the zone starts (all zone.c
         structs are host-endian, the zone header included)."""
         dmesg = zone_sig(PstoreType.DMESG).__eq__
-        return vote_little_endian([*((raw[:4], dmesg) for raw in self.dmesg if raw),
-                                   *((raw[:4], zone_sig(zone.type).__eq__)
+        return vote_little_endian([*((sig_word(raw), dmesg) for raw in self.dmesg if raw),
+                                   *((sig_word(raw), zone_sig(zone.type).__eq__)
                                      for zone, raw in self.rings.items())])
 
     def dmesg_fields(self, order: Abi) -> Iterator[tuple[int, int, int, int, bytes]]:
