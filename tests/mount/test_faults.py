@@ -720,3 +720,25 @@ def test_storm_matches_the_kernels_erase(tmp_path: Path) -> None:
                 for name in er["remove"]:
                     os.unlink(m / name)
         assert disk.read_bytes() == expected_after_erase(case), case.id
+
+
+def test_a_record_a_listing_left_out_is_listed_once_readable(tmp_path: Path) -> None:
+    """A record whose read stalls past the directory's patience is left out of that
+    `ls` (the listing does not wait on one record); once the device answers, a later
+    `ls` shows it, on kernels that cache the listing too (it is not left out for good,
+    or systemd-pstore would never archive nor erase it)."""
+    case = ALL_FRONTS
+    victim = "dmesg-pstore_blk-1"
+    start, end = data_sector(case, victim, case.image.read_bytes())
+    with faulty_case(tmp_path, case) as fm:
+        fm.set(faults=[{"op": "read", "start": start, "end": end, "stall": True}])
+        with pstorefs_on(fm.file, tmp_path / "mnt", case.options) as (m, _):
+            for _ in range(3):  # listings while the device stalls: each leaves it out
+                listed = within(10, lambda: sorted(os.listdir(m)), "ls while a read stalls")
+                assert victim not in listed and set(listed) < set(case.files), listed
+                time.sleep(1.5)
+            fm.clear()  # the device answers
+            assert wait_for(lambda: victim in os.listdir(m), 15), (
+                f"{victim} never listed again once readable")
+            assert sorted(os.listdir(m)) == sorted(case.files)
+            assert (m / victim).read_bytes() == case.files[victim]
