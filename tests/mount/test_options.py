@@ -10,14 +10,21 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from helpers.cases import expected_after_erase, sha256
-from helpers.machine import PSTOREFS, holder_pids, mounted, run, unmount, wait_for
+from helpers.machine import (
+    PSTOREFS,
+    SYSTEM_PYTHON,
+    holder_pids,
+    mounted,
+    run,
+    unmount,
+    wait_for,
+)
 from helpers.mounts import (
     ALL_FRONTS,
     KMSG,
@@ -171,9 +178,11 @@ print(json.dumps(out))
 
 
 def _as_nobody(mnt: Path, names: list[str]) -> dict[str, list]:
-    r = subprocess.run([sys.executable, "-c", _PROBE, str(mnt), *names], capture_output=True,
-                       text=True, timeout=30, user="nobody", group="nogroup", extra_groups=[],
-                       cwd="/")
+    """The probe as user nobody, by the system's Python: nobody may not reach the
+    checkout's `.venv` (a checkout under /root)."""
+    r = subprocess.run([str(SYSTEM_PYTHON), "-I", "-c", _PROBE, str(mnt), *names],
+                       capture_output=True, text=True, timeout=30, user="nobody",
+                       group="nogroup", extra_groups=[], cwd="/")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 

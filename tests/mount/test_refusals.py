@@ -112,15 +112,16 @@ def test_bad_input_refused(label: str, tmp_path: Path, mnt: Path) -> None:
     assert proc_mount(mnt) is None
 
 
-def test_unreadable_source_refused(public_mnt: Path) -> None:
+def test_unreadable_source_refused(public_mnt: Path, for_others: dict[str, list[str]]
+                                  ) -> None:
     """As a user that may not read the source (root reads everything)."""
     top = public_mnt.parent
     img = copy_image(top, KMSG, as_name="secret.bin")
     img.chmod(0o600)
     before = sha256(img)
-    line = assert_refused([PSTOREFS, str(img), str(public_mnt), "-o", KOPTS], image=img,
-                          mnt=public_mnt, user="nobody", group="nogroup", extra_groups=[],
-                          cwd="/")
+    line = assert_refused([*for_others["pstorefs"], str(img), str(public_mnt), "-o", KOPTS],
+                          image=img, mnt=public_mnt, user="nobody", group="nogroup",
+                          extra_groups=[], cwd="/")
     assert "denied" in line.lower() or "cannot" in line.lower(), line
     assert sha256(img) == before
 
