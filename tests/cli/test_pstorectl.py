@@ -78,6 +78,7 @@ def test_reading_never_writes(tmp_path: Path) -> None:
     (("list", "IMAGE", "-o", "bogus"), 2),
     (("erase", "IMAGE"), 2),
     (("frobnicate", "IMAGE"), 2),
+    (("list", "IMAGE", "-o", "record_size=4096"), 2),
 ])
 def test_errors_are_one_line_with_the_documented_exit_code(args: tuple[str, ...], code: int,
                                                            tmp_path: Path) -> None:
@@ -102,6 +103,24 @@ def test_erase_of_the_enc_z_name_of_a_record_that_decodes_is_refused(tmp_path: P
         assert result.returncode != 0 and b"no such record" in result.stderr, verb
         assert b"Traceback" not in result.stderr
     assert image.read_bytes() == case.image.read_bytes()
+
+
+def test_errors_keep_what_was_given() -> None:
+    """An option the back end does not read is named with its value."""
+    result = ctl("list", str(case_by_id("kmsg-plain-3oops").image), "-o", "record_size=4096")
+    assert result.stderr == b"pstorectl: record_size=4096: not an option of the zone back end\n"
+
+
+def test_an_empty_source_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Refused as too small before any layout is looked for, so no layout (kmsg_size=0)
+    is "detected" and no default said to be taken."""
+    empty = tmp_path / "zero.img"
+    empty.write_bytes(b"")
+    for command in ("list", "probe"):
+        result = ctl(command, str(empty))
+        assert result.returncode == 1
+        assert result.stderr.decode() == (f"pstorectl: {empty} holds 0 bytes; pstore/zone needs "
+                                          "at least 4096\n")
 
 
 def pstorectl(*args: str) -> subprocess.CompletedProcess:

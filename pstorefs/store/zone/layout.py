@@ -22,6 +22,18 @@ DEFAULT_SIZE = 64 << 10
 """The kernel's default for every area (CONFIG_PSTORE_BLK_*_SIZE, blkoops' dmesg_size)."""
 
 
+MIN_SOURCE_SIZE = 4096
+"""The least pstore/zone can use: one 4 KiB zone."""
+
+
+def check_source_size(source_size: int, source: str = "the source") -> None:
+    """GeometryError for a source too small for any layout: said before a layout is
+    searched for, so that no layout is detected on it first."""
+    if source_size < MIN_SOURCE_SIZE:
+        raise GeometryError(f"{source} holds {source_size} bytes; pstore/zone needs at "
+                            f"least {MIN_SOURCE_SIZE}")
+
+
 def default_size(extent: int) -> int:
     """The size assumed for an area whose end the bytes do not show: the kernel's
     default, or the smallest power of two (in 4 KiB) that holds what was found."""
@@ -124,9 +136,7 @@ class Geometry:
 
         Raises GeometryError where the kernel's `register_pstore_zone` would refuse.
         """
-        if source_size < 4096:
-            raise GeometryError(f"the source holds {source_size} bytes; pstore/zone needs "
-                                "at least 4096")
+        check_source_size(source_size)
         if self.format is ZoneFormat.BLKOOPS:
             return self._blkoops_zones(source_size)
         total = min(source_size, SZ_128M) if self.capped else source_size
