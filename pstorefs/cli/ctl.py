@@ -94,6 +94,11 @@ def _probe(store: Store, source: str, as_json: bool) -> None:
     print(f"# {source}: " + ", ".join(
         f"{key} {layout[key]}" for key in ("backend", "format", "abi", "zones", "records")
         if key in layout) + ("" if layout.get("capped", True) else ", past the 128 MiB cap"))
+    if layout.get("ftrace_size"):
+        # Not `nr_cpus=`: pasted onto a command line that boot parameter limits the CPUs.
+        cpus = layout["nr_cpus"]
+        print(f"# writer: {cpus} CPU{'s' if cpus != 1 else ''} (nr_cpu_ids), one ftrace "
+              "zone each")
     print(f"# mount: -o {layout['mount_options']}")
     for note in layout["assumed"]:  # type: ignore[attr-defined]
         print(f"# assumed: {note}")

@@ -112,14 +112,13 @@ class Geometry:
 
     def kernel_parameters(self) -> str:
         """The writer's module parameters that give this layout, as a kernel command line
-        would carry them."""
+        would carry them: only those. `nr_cpus` is the writer's CPU count, not one of
+        them (`nr_cpus=` on a command line is the boot parameter that limits the CPUs)."""
         if self.format is ZoneFormat.BLKOOPS:
             return f"blkoops.dmesg_size={self.kmsg_size // 1024}"
         params = [f"pstore_blk.{key}={value // 1024}" for key, value in (
             ("kmsg_size", self.kmsg_size), ("pmsg_size", self.pmsg_size),
             ("console_size", self.console_size), ("ftrace_size", self.ftrace_size))]
-        if self.ftrace_size:
-            params.append(f"nr_cpus={self.nr_cpus}")  # the boot parameter that sets nr_cpu_ids
         return " ".join(params)
 
     def mount_options(self) -> str:
