@@ -219,6 +219,11 @@ class Store(ABC):
         return self.device.read_only
 
     @property
+    def write_refused(self) -> str | None:
+        """Why a source asked for writing was opened read-only; None if it was not."""
+        return self.device.write_refused
+
+    @property
     def records(self) -> Sequence[Record]:
         """Every record found, in the kernel's read order."""
         return self._records
@@ -294,7 +299,7 @@ class Store(ABC):
         each of its zones still holds what was listed (else ZoneChangedError and
         nothing written), then the back end's writes, then one sync before returning."""
         if self.device.read_only:
-            raise ReadOnlyError(f"{self.device.path}: mounted read-only")
+            raise ReadOnlyError(f"{self.device.path}: opened read-only")
         if self.erase_refused:
             raise EraseUnsupportedError(f"{self.device.path}: {self.erase_refused}")
         if record.erased:
