@@ -189,6 +189,10 @@ class Store(ABC):
     """Whether an erase may rewrite bytes of other records (flash: a whole erase
     block), so that a read running beside it must be done again."""
 
+    kernel_name: str | None = None
+    """The back-end part of the names the writer's kernel showed in /sys/fs/pstore,
+    where it is not the default `name=` (pstore/zone's blkoops); None elsewhere."""
+
     def __init__(self, device: Device, name: str,
                  cache_budget: int = DEFAULT_CACHE_BUDGET) -> None:
         self.device = device

@@ -102,3 +102,12 @@ def test_probe_says_the_writers_cpus_in_a_comment(tmp_path: Path) -> None:
     assert probe.stdout.splitlines()[0] == ("pstore_blk.kmsg_size=4 pstore_blk.pmsg_size=0 "
                                             "pstore_blk.console_size=0 pstore_blk.ftrace_size=8")
     assert "# writer: 2 CPUs (nr_cpu_ids), one ftrace zone each\n" in probe.stdout
+
+
+def test_probe_json_lines_is_one_line() -> None:
+    case = CASES[0]
+    pretty = ctl("probe", "--json", str(case.image))
+    lines = ctl("probe", "--json=lines", str(case.image))
+    assert lines.returncode == pretty.returncode == 0, lines.stderr
+    assert lines.stdout.count("\n") == 1
+    assert json.loads(lines.stdout) == json.loads(pretty.stdout)

@@ -110,6 +110,8 @@ class ZoneStore(Store):
                  show_erased: bool = False, erasesize: int | None = None) -> None:
         super().__init__(device, name, cache_budget)
         self.erasesize = erasesize
+        if geometry.format is ZoneFormat.ZONE:  # the RFC's own name was the default
+            self.kernel_name = "pstore_blk" if erasesize is None else "mtdpstore"
         self.erases_reach_other_records = erasesize is not None  # mtdpstore: a block
         self.geometry = geometry
         self.symbols = symbols
