@@ -5,11 +5,14 @@ mounts). The layout of the suite: tests/README.md."""
 from __future__ import annotations
 
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers.cases import Case
+from helpers.machine import copy_for_other_users
 
 TESTS = Path(__file__).parent
 TIER_MARKERS = {"fs": ("fuse",), "mount": ("fuse", "root")}
@@ -42,3 +45,16 @@ def image_copy(tmp_path: Path):
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def for_others() -> Iterator[dict[str, list[str]]]:
+    """The commands (`pstorefs`, `pstorectl`) that run this pstorefs as another user
+    (nobody), from a copy that user can read: the checkout and its `.venv` may sit where
+    only root gets in (/root, mode 0700)."""
+    top = Path(tempfile.mkdtemp(prefix="pstorefs-code-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        yield copy_for_other_users(top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -11,6 +11,7 @@ import argparse
 import grp
 import pwd
 from dataclasses import dataclass, field
+from typing import Any
 
 from pstorefs.errors import UsageError
 from pstorefs.format.abi import resolve_abi
@@ -47,6 +48,8 @@ class MountOptions:
     default_permissions: bool = False
     fsname: str | None = None
     subtype: str = "pstorefs"
+    verbose: bool = False
+    """`-o verbose`, as `-v`: mount.fuse3 drops mount(8)'s `-v` but passes options."""
 
 
 def _int(name: str, value: str, base: int = 10) -> int:
@@ -132,6 +135,8 @@ def parse_options(groups: list[str]) -> MountOptions:
                 opts.allow_other = True
             elif item == "default_permissions":
                 opts.default_permissions = True
+            elif item == "verbose":
+                opts.verbose = True
             elif key == "fsname" and has_value and value:
                 opts.fsname = value
             elif key == "subtype" and has_value and value:
@@ -180,12 +185,19 @@ it); once one is given, the others take the kernel's defaults as below:
   umask=OCTAL      directory mode 0777 & ~umask, files 0444 & ~umask (default 0750/0444)
   allow_other      let other users in (implies default_permissions)
   default_permissions, fsname=, subtype=   as in libfuse (defaults: SOURCE, pstorefs)
+  verbose          as -v: also print what goes to the log (the layout found)
   mount(8) options (defaults, nofail, noauto, _netdev, dev, suid, x-*, ...) are ignored.
 """
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit status 2."""
+    """argparse, but a usage error is one line, with exit status `usage_status`: 1 for
+    what mount(8) runs (as every other failure: mount(8) reads 2 as its own system
+    error), 2 for pstorectl."""
+
+    def __init__(self, *args: Any, usage_status: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.usage_status = usage_status
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: {message}\n")
+        self.exit(self.usage_status, f"{self.prog}: {message}\n")

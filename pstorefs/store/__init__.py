@@ -43,6 +43,12 @@ def _recognizes(name: str, device: Device) -> bool:
         return False
 
 
+def _option(config: StoreConfig, key: str) -> str:
+    """`key=value` as it was given (a flag by its name), for a message."""
+    value = getattr(config, key)
+    return key if value is True else f"{key}={value}"
+
+
 def open_store(source: str, config: StoreConfig) -> Store:
     """Open `source` with the back end the options name (or the one recognized), and
     list its records (headers only). An option the back end does not read is refused:
@@ -60,7 +66,7 @@ def open_store(source: str, config: StoreConfig) -> Store:
                  if getattr(config, f.name) != f.default}
         unread = sorted(given - _EVERY_BACKEND - module.OPTIONS)
         if unread:
-            raise UsageError(", ".join(f"{key}=" for key in unread)
+            raise UsageError(", ".join(_option(config, key) for key in unread)
                              + f": not an option of the {name} back end")
         symbols = load_system_map(config.system_map) if config.system_map else NO_SYMBOLS
         return module.open_store(device, config, symbols)

@@ -189,6 +189,10 @@ class Store(ABC):
     """Whether an erase may rewrite bytes of other records (flash: a whole erase
     block), so that a read running beside it must be done again."""
 
+    kernel_name: str | None = None
+    """The back-end part of the names the writer's kernel showed in /sys/fs/pstore,
+    where it is not the default `name=` (pstore/zone's blkoops); None elsewhere."""
+
     def __init__(self, device: Device, name: str,
                  cache_budget: int = DEFAULT_CACHE_BUDGET) -> None:
         self.device = device
@@ -217,6 +221,11 @@ class Store(ABC):
     def read_only(self) -> bool:
         """Whether erasing is refused: the source could only be opened read-only."""
         return self.device.read_only
+
+    @property
+    def write_refused(self) -> str | None:
+        """Why a source asked for writing was opened read-only; None if it was not."""
+        return self.device.write_refused
 
     @property
     def records(self) -> Sequence[Record]:
@@ -294,7 +303,7 @@ class Store(ABC):
         each of its zones still holds what was listed (else ZoneChangedError and
         nothing written), then the back end's writes, then one sync before returning."""
         if self.device.read_only:
-            raise ReadOnlyError(f"{self.device.path}: mounted read-only")
+            raise ReadOnlyError(f"{self.device.path}: opened read-only")
         if self.erase_refused:
             raise EraseUnsupportedError(f"{self.device.path}: {self.erase_refused}")
         if record.erased:

@@ -20,15 +20,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import itertools
-import logging
 import os
 import stat
 import struct
 from collections.abc import Sequence
 
 from pstorefs.errors import DeviceError, ReadOnlyError, SourceError
-
-log = logging.getLogger(__name__)
 
 BLKROGET = 0x125E
 SECTOR_SIZE = 512
@@ -74,6 +71,9 @@ class Device:
         if not (self.is_block_device or self.is_mtd or stat.S_ISREG(st.st_mode)):
             raise SourceError(f"{path}: not a block device, MTD device or image file")
         self.read_only = read_only
+        self.write_refused: str | None = None
+        """Why a source asked for writing was opened read-only (None if it was not):
+        the mount warns and goes on, `pstorectl erase` stops."""
         self.fd = self._open(path)
         try:
             self._lock(self.fd, path)
@@ -113,7 +113,7 @@ class Device:
             else:
                 self._fds.append(fd)
                 if self.is_block_device and self._kernel_read_only(fd):
-                    log.warning("%s: the device is read-only: mounting read-only", path)
+                    self.write_refused = "the device is read-only"
                     self.read_only = True
                 return fd
         try:
@@ -122,8 +122,7 @@ class Device:
             raise self._open_error(path, exc) from None
         self._fds.append(fd)
         if refused is not None:
-            log.warning("%s: cannot be opened for writing (%s): mounting read-only",
-                        path, refused.strerror)
+            self.write_refused = f"cannot be opened for writing ({refused.strerror})"
             self.read_only = True
         return fd
 

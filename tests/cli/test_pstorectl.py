@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,9 @@ def test_reading_never_writes(tmp_path: Path) -> None:
     (("list", "IMAGE", "-o", "bogus"), 2),
     (("erase", "IMAGE"), 2),
     (("frobnicate", "IMAGE"), 2),
+    (("-o", "bogus", "list", "IMAGE"), 2),
+    (("erase", "IMAGE", "--all", "-o", "ro"), 2),
+    (("list", "IMAGE", "-o", "record_size=4096"), 2),
 ])
 def test_errors_are_one_line_with_the_documented_exit_code(args: tuple[str, ...], code: int,
                                                            tmp_path: Path) -> None:
@@ -102,6 +108,155 @@ def test_erase_of_the_enc_z_name_of_a_record_that_decodes_is_refused(tmp_path: P
         assert result.returncode != 0 and b"no such record" in result.stderr, verb
         assert b"Traceback" not in result.stderr
     assert image.read_bytes() == case.image.read_bytes()
+
+
+# -- the conventions of the command line --------------------------------------------------
+def test_o_may_stand_anywhere() -> None:
+    """Before the command, after it, after SOURCE; groups are joined in order, the last
+    of a key winning, as on the mount."""
+    case = case_by_id("kmsg-plain-3oops")
+    image = str(case.image)
+    for args in (("-o", "name=pstore_blk", "list", image), ("list", "-o", "name=pstore_blk", image),
+                 ("list", image, "-o", "name=pstore_blk"),
+                 ("-o", "name=other", "list", image, "-o", "name=pstore_blk")):
+        result = ctl(*args, "--json")
+        assert result.returncode == 0, (args, result.stderr)
+        assert sorted(row["name"] for row in json.loads(result.stdout)) == sorted(case.files)
+
+
+def test_silent_but_for_the_output_unless_verbose() -> None:
+    """The layout found goes to stderr only with `-o verbose`."""
+    image = str(case_by_id("kmsg-plain-3oops").image)
+    assert ctl("list", image).stderr == b""
+    assert ctl("list", image, "-o", "verbose").stderr == (
+        f"pstorectl: {image}: layout detected: kmsg_size=64,pmsg_size=0,console_size=0,"
+        "ftrace_size=0,nr_cpus=1\n").encode()
+
+
+def test_errors_keep_what_was_given() -> None:
+    """An option the back end does not read is named with its value."""
+    result = ctl("list", str(case_by_id("kmsg-plain-3oops").image), "-o", "record_size=4096")
+    assert result.stderr == b"pstorectl: record_size=4096: not an option of the zone back end\n"
+
+
+def test_an_empty_source_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Refused as too small before any layout is looked for, so no layout (kmsg_size=0)
+    is "detected" and no default said to be taken."""
+    empty = tmp_path / "zero.img"
+    empty.write_bytes(b"")
+    for command in ("list", "probe"):
+        result = ctl(command, str(empty))
+        assert result.returncode == 1
+        assert result.stderr.decode() == (f"pstorectl: {empty} holds 0 bytes; pstore/zone needs "
+                                          "at least 4096\n")
+
+
+def test_an_os_error_is_one_line_without_errno(tmp_path: Path) -> None:
+    """`extract` into a path that is a file: the system's words, not Python's."""
+    taken = tmp_path / "zero.img"
+    taken.write_bytes(b"")
+    result = ctl("extract", str(case_by_id("kmsg-plain-3oops").image), str(taken))
+    assert result.returncode == 1
+    assert result.stderr.decode() == f"pstorectl: {taken}: File exists\n"
+
+
+def test_a_wrong_record_name_is_told_the_name_in_use(tmp_path: Path) -> None:
+    """pstore/zone's files are dmesg-blkoops-N unless `name=` says otherwise, the
+    kernel's being dmesg-pstore_blk-N: the error says which, and how to get the
+    kernel's; a name of the right form but no record says only that."""
+    case = case_by_id("kmsg-plain-3oops")
+    image = tmp_path / "image.bin"
+    shutil.copyfile(case.image, image)
+    for verb in ("cat", "erase"):
+        result = ctl(verb, str(image), "dmesg-pstore_blk-0")
+        assert result.returncode == 1
+        assert result.stderr.decode() == (
+            "pstorectl: dmesg-pstore_blk-0: no such record: the names here carry "
+            "name=blkoops (dmesg-blkoops-N); -o name=pstore_blk gives the kernel's names\n")
+    result = ctl("cat", str(image), "dmesg-pstore_blk-0", "-o", "name=pstore_blk")
+    assert result.returncode == 0 and result.stdout == case.files["dmesg-pstore_blk-0"]
+    result = ctl("cat", str(image), "dmesg-blkoops-9")
+    assert result.stderr == (b"pstorectl: dmesg-blkoops-9: no such record (pstorectl list "
+                             b"shows the names)\n")
+    assert image.read_bytes() == case.image.read_bytes()
+
+
+def without_a_reader(*args: str) -> subprocess.CompletedProcess:
+    """pstorectl writing to a pipe whose reader is already gone (`| head` done)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([PSTORECTL, *args], stdout=write_end, stderr=subprocess.PIPE,
+                              timeout=60)
+    finally:
+        os.close(write_end)
+
+
+def test_a_closed_pipe_ends_reading_quietly() -> None:
+    """As `cat | head` ends cat: by SIGPIPE, without a word on stderr."""
+    case = case_by_id("kmsg-plain-3oops")
+    for args in (("list", str(case.image)), ("list", "--json", str(case.image)),
+                 ("probe", str(case.image)), ("cat", str(case.image), "dmesg-blkoops-0")):
+        result = without_a_reader(*args)
+        assert (result.returncode, result.stderr) == (-signal.SIGPIPE, b""), args
+
+
+def test_a_closed_pipe_stops_no_erase(tmp_path: Path) -> None:
+    case = case_by_id("kmsg-plain-3oops")
+    image = tmp_path / "image.bin"
+    shutil.copyfile(case.image, image)
+    result = without_a_reader("erase", str(image), "--all")
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert json.loads(ctl("list", "--json", str(image)).stdout) == []
+
+
+@pytest.mark.parametrize(("command", "arguments"), [
+    ("probe", ("--json=lines",)), ("list", ("--json=lines",)), ("cat", ("NAME",)),
+    ("extract", ("DIR",)), ("erase", ("NAME", "--all"))])
+def test_subcommand_help_describes_it(command: str, arguments: tuple[str, ...]) -> None:
+    """What the command does, then each argument with what it takes."""
+    result = run([PSTORECTL, command, "--help"])
+    assert result.returncode == 0 and not result.stderr
+    usage, description, *rest = result.stdout.split("\n\n")
+    assert usage.startswith(f"usage: pstorectl {command} ")
+    assert len(description.split()) > 8, description
+    for argument in ("SOURCE", r"-o OPT\[,OPT\.\.\.\]", *arguments):
+        assert re.search(rf"^  {argument} +\S", "\n".join(rest), re.M), argument
+
+
+def test_list_json_lines_is_one_object_a_line() -> None:
+    """`--json=lines`: each record a compact object on its own line (as journalctl -o
+    json), the same objects as `--json`'s array."""
+    case = case_by_id("x86_64-all-fronts")
+    pretty = ctl("list", "--json", str(case.image), "-o", case.options)
+    lines = ctl("list", "--json=lines", str(case.image), "-o", case.options)
+    assert pretty.returncode == lines.returncode == 0, lines.stderr
+    rows = [json.loads(line) for line in lines.stdout.decode().splitlines()]
+    assert rows == json.loads(pretty.stdout) and len(rows) == len(case.files)
+    assert all(b": " not in line for line in lines.stdout.splitlines())
+    assert ctl("list", "--json=pretty", str(case.image), "-o", case.options).stdout == pretty.stdout
+
+
+@pytest.mark.root
+def test_erase_of_a_source_it_may_not_write_says_so(for_others: dict[str, list[str]]) -> None:
+    """As a user who may read the image but not write it: one line saying why, nothing
+    erased (not the mount's "mounting read-only")."""
+    case = case_by_id("kmsg-plain-3oops")
+    top = Path(tempfile.mkdtemp(prefix="pstorectl-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        image = top / "image.bin"
+        shutil.copyfile(case.image, image)
+        image.chmod(0o644)
+        result = subprocess.run([*for_others["pstorectl"], "erase", str(image), "--all"],
+                                capture_output=True, text=True, timeout=60, user="nobody",
+                                group="nogroup", extra_groups=[], cwd="/")
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == (f"pstorectl: {image}: cannot be opened for writing "
+                                 "(Permission denied): nothing erased\n")
+        assert image.read_bytes() == case.image.read_bytes()
+    finally:
+        shutil.rmtree(top)
 
 
 def pstorectl(*args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cases import CASES, Case
+from helpers.cases import BACKEND_CASES, CASES, Case
 from helpers.detect import KIB, MIB, case_config, records, save, sha, stale_smaller_zones
 from helpers.machine import VENV_BIN
 from helpers.zone_writer import ZoneWriter
@@ -71,3 +71,43 @@ def test_probe_refusal_names_the_option(tmp_path: Path) -> None:
     assert result.returncode == 1 and "kmsg_size=" in result.stderr
     assert "Traceback" not in result.stderr
     assert sha(path) == before
+
+
+@pytest.mark.parametrize("case", CASES + BACKEND_CASES, ids=lambda c: c.id)
+def test_kernel_parameters_are_module_parameters_only(case: Case) -> None:
+    """The first line is pasted onto kernel command lines: module parameters only. The
+    writer's CPU count is said in a comment and in the mount options, never as
+    `nr_cpus=`, the boot parameter that would limit the machine to that many CPUs."""
+    probe = ctl("probe", str(case.image))
+    assert probe.returncode == 0, probe.stderr
+    first, *comments = probe.stdout.splitlines()
+    module = first.split()[0].split(".")[0]
+    assert all(p.startswith(f"{module}.") for p in first.split()), first
+    assert all(line.startswith("# ") for line in comments)
+    layout = json.loads(ctl("probe", "--json", str(case.image)).stdout)
+    assert layout["kernel_parameters"] == first
+    if layout.get("ftrace_size"):
+        cpus = layout["nr_cpus"]
+        assert f"# writer: {cpus} CPU{'s' if cpus > 1 else ''} (nr_cpu_ids)" in probe.stdout
+        assert f",nr_cpus={cpus}" in layout["mount_options"]
+    assert not any(line.startswith("nr_cpus=") or " nr_cpus=" in line
+                   for line in probe.stdout.splitlines())
+
+
+def test_probe_says_the_writers_cpus_in_a_comment(tmp_path: Path) -> None:
+    path = tmp_path / "blank.img"
+    path.write_bytes(bytes(64 * KIB))
+    probe = ctl("probe", str(path), "-o", "kmsg_size=4,ftrace_size=8,nr_cpus=2")
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.splitlines()[0] == ("pstore_blk.kmsg_size=4 pstore_blk.pmsg_size=0 "
+                                            "pstore_blk.console_size=0 pstore_blk.ftrace_size=8")
+    assert "# writer: 2 CPUs (nr_cpu_ids), one ftrace zone each\n" in probe.stdout
+
+
+def test_probe_json_lines_is_one_line() -> None:
+    case = CASES[0]
+    pretty = ctl("probe", "--json", str(case.image))
+    lines = ctl("probe", "--json=lines", str(case.image))
+    assert lines.returncode == pretty.returncode == 0, lines.stderr
+    assert lines.stdout.count("\n") == 1
+    assert json.loads(lines.stdout) == json.loads(pretty.stdout)

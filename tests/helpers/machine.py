@@ -7,6 +7,7 @@ would hide a broken machine.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -16,9 +17,42 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+
+import pstorefs
 
 VENV_BIN = Path(sys.executable).parent
 PSTOREFS = shutil.which("pstorefs", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+
+SYSTEM_PYTHON = Path(sys.base_prefix, "bin", "python{}.{}".format(*sys.version_info[:2]))
+"""The interpreter the venv was made from, outside the checkout: what a test runs as
+another user, who may not reach a checkout (root's, under /root, mode 0700) nor so its
+`.venv`."""
+
+
+def copy_for_other_users(dest: Path) -> dict[str, list[str]]:
+    """This pstorefs and the packages it runs on, copied into `dest` (which another user
+    can read), and the commands that run that copy's `pstorefs` and `pstorectl` with
+    SYSTEM_PYTHON: so a test can run them as another user wherever the checkout sits."""
+    require(os.access(SYSTEM_PYTHON, os.X_OK), f"{SYSTEM_PYTHON}, the venv's own Python")
+    shutil.copytree(Path(pstorefs.__file__).parent, dest / "pstorefs",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    todo = list(importlib.metadata.requires("pstorefs") or [])
+    done: set[str] = set()
+    while todo:
+        req = Requirement(todo.pop())
+        if req.name in done or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        done.add(req.name)
+        dist = importlib.metadata.distribution(req.name)
+        todo += dist.requires or []
+        for file in dist.files or []:
+            if file.parts[0] != ".." and "__pycache__" not in file.parts:
+                (dest / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file.locate(), dest / file)
+    return {tool: [str(SYSTEM_PYTHON), "-I", "-c", f"import sys; sys.path.insert(0, "
+                   f"{str(dest)!r}); from pstorefs.cli.{module} import main; main()"]
+            for tool, module in (("pstorefs", "mount"), ("pstorectl", "ctl"))}
 
 
 def require(condition: bool, what: str) -> None:

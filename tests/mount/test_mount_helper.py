@@ -102,6 +102,34 @@ def test_mount_helper_on_an_image_file_and_ro(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_mount_helper_is_silent_and_fails_in_one_line(tmp_path: Path) -> None:
+    """Through mount(8): a mount prints nothing (the boot console, `mount -a`) unless
+    `-o verbose` asks for the layout (mount.fuse3 drops mount(8)'s `-v`); a refusal,
+    bad usage too, is one line and exit status 1, not mount(8)'s 2 (system error)."""
+    require(shutil.which("mount.fuse3") is not None, "mount.fuse3 (Debian package fuse3)")
+    img = copy_image(tmp_path, KMSG)
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for options, said in (([], ""), (["-o", "verbose"], f"pstorefs: {img}: layout detected: "
+                          "kmsg_size=64,pmsg_size=0,console_size=0,ftrace_size=0,nr_cpus=1\n")):
+        r = run(["mount", "-t", "fuse.pstorefs", *options, str(img), str(mnt)])
+        pids = holder_pids(img)
+        try:
+            assert r.returncode == 0 and os.path.ismount(mnt), r.stderr
+            assert (r.stdout, r.stderr) == ("", said)
+        finally:
+            run(["umount", str(mnt)])
+            wait_gone(pids)
+    for source, options in ((img, ["-o", "bogus_option"]), (img, ["-o", "kmsg_size=abc"]),
+                            (empty, [])):
+        r = run(["mount", "-t", "fuse.pstorefs", *options, str(source), str(mnt)])
+        assert r.returncode == 1 and not os.path.ismount(mnt), (options, r.stderr)
+        assert r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "layout detected" not in r.stderr
+
+
 @contextlib.contextmanager
 def fstab_with(line: str) -> Iterator[None]:
     """/etc/fstab with `line` appended; the original is always put back."""

@@ -10,14 +10,21 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from helpers.cases import expected_after_erase, sha256
-from helpers.machine import PSTOREFS, holder_pids, mounted, run, unmount, wait_for
+from helpers.machine import (
+    PSTOREFS,
+    SYSTEM_PYTHON,
+    holder_pids,
+    mounted,
+    run,
+    unmount,
+    wait_for,
+)
 from helpers.mounts import (
     ALL_FRONTS,
     KMSG,
@@ -171,9 +178,11 @@ print(json.dumps(out))
 
 
 def _as_nobody(mnt: Path, names: list[str]) -> dict[str, list]:
-    r = subprocess.run([sys.executable, "-c", _PROBE, str(mnt), *names], capture_output=True,
-                       text=True, timeout=30, user="nobody", group="nogroup", extra_groups=[],
-                       cwd="/")
+    """The probe as user nobody, by the system's Python: nobody may not reach the
+    checkout's `.venv` (a checkout under /root)."""
+    r = subprocess.run([str(SYSTEM_PYTHON), "-I", "-c", _PROBE, str(mnt), *names],
+                       capture_output=True, text=True, timeout=30, user="nobody",
+                       group="nogroup", extra_groups=[], cwd="/")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -222,6 +231,47 @@ def test_fsname_subtype_and_source_path(tmp_path: Path, mnt: Path) -> None:
         assert sorted(os.listdir(mnt)) == sorted(KMSG.files)
     finally:
         unmount(mnt, img)
+
+
+# -- what the command says -------------------------------------------------------------------
+@pytest.mark.parametrize("flags", [(), ("-v",), ("-o", "verbose"), ("--verbose",)])
+def test_silent_on_success_and_verbose_says_the_layout(flags: tuple[str, ...], tmp_path: Path,
+                                                       mnt: Path) -> None:
+    """A mount that succeeds prints nothing (the layout found goes to the log); `-v`,
+    `--verbose` or `-o verbose` print it as well."""
+    img = copy_image(tmp_path, KMSG)
+    r = run([PSTOREFS, str(img), str(mnt), *flags])
+    try:
+        assert r.returncode == 0 and os.path.ismount(mnt), r.stderr
+        assert r.stdout == ""
+        if flags:
+            assert r.stderr == (f"pstorefs: {img}: layout detected: kmsg_size=64,pmsg_size=0,"
+                                "console_size=0,ftrace_size=0,nr_cpus=1\n")
+        else:
+            assert r.stderr == ""
+        assert sorted(os.listdir(mnt)) == ["dmesg-blkoops-0", "dmesg-blkoops-1",
+                                           "dmesg-blkoops-2"]
+    finally:
+        unmount(mnt, img)
+
+
+def test_foreground_logs_the_layout_to_stderr(tmp_path: Path, mnt: Path) -> None:
+    """With `-f` stderr is the log: the layout found is its first line."""
+    img = copy_image(tmp_path, KMSG)
+    proc = subprocess.Popen([PSTOREFS, str(img), str(mnt), "-f"], stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 15)
+        assert run(["fusermount3", "-u", str(mnt)]).returncode == 0
+        assert proc.wait(15) == 0
+        assert proc.stderr.readline() == (f"pstorefs: {img}: layout detected: kmsg_size=64,"
+                                          "pmsg_size=0,console_size=0,ftrace_size=0,nr_cpus=1\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stderr.close()
+        unmount(mnt)
 
 
 # -- unmounting and signals -------------------------------------------------------------------

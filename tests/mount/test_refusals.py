@@ -21,7 +21,8 @@ from helpers.mounts import KMSG, assert_same_image, copy_image, loop_device, pro
 
 def assert_refused(cmd: list[str], *, image: Path | None = None, mnt: Path | None = None,
                    **kw) -> str:
-    """The command fails with one clear line on stderr, mounts nothing, writes nothing."""
+    """The command fails with one clear line on stderr and exit status 1 (what mount(8)
+    expects of a helper, for bad usage too), mounts nothing, writes nothing."""
     before = sha256(image) if image else None
     r = run(cmd, timeout=30, **kw)
     was_mounted = bool(mnt) and os.path.ismount(mnt)
@@ -29,6 +30,7 @@ def assert_refused(cmd: list[str], *, image: Path | None = None, mnt: Path | Non
         unmount(mnt)
     out = r.stderr + r.stdout
     assert r.returncode != 0, f"{cmd}: accepted (rc 0): {out!r}"
+    assert r.returncode == 1, f"{cmd}: exit status {r.returncode}, not 1: {out!r}"
     assert not was_mounted, f"{cmd}: failed but left a mount"
     assert "Traceback" not in out, f"{cmd}: traceback:\n{out}"
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -112,17 +114,46 @@ def test_bad_input_refused(label: str, tmp_path: Path, mnt: Path) -> None:
     assert proc_mount(mnt) is None
 
 
-def test_unreadable_source_refused(public_mnt: Path) -> None:
+def test_unreadable_source_refused(public_mnt: Path, for_others: dict[str, list[str]]
+                                  ) -> None:
     """As a user that may not read the source (root reads everything)."""
     top = public_mnt.parent
     img = copy_image(top, KMSG, as_name="secret.bin")
     img.chmod(0o600)
     before = sha256(img)
-    line = assert_refused([PSTOREFS, str(img), str(public_mnt), "-o", KOPTS], image=img,
-                          mnt=public_mnt, user="nobody", group="nogroup", extra_groups=[],
-                          cwd="/")
+    line = assert_refused([*for_others["pstorefs"], str(img), str(public_mnt), "-o", KOPTS],
+                          image=img, mnt=public_mnt, user="nobody", group="nogroup",
+                          extra_groups=[], cwd="/")
     assert "denied" in line.lower() or "cannot" in line.lower(), line
     assert sha256(img) == before
+
+
+def test_empty_source_refused_before_any_layout(tmp_path: Path, mnt: Path) -> None:
+    """A 0-byte source is refused as such, not after a layout "detected" on it."""
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    for verbose in ((), ("-v",)):
+        r = run([PSTOREFS, str(empty), str(mnt), *verbose])
+        assert r.returncode == 1 and r.stderr == (
+            f"pstorefs: {empty} holds 0 bytes; pstore/zone needs at least 4096\n"), r.stderr
+
+
+def test_mount_as_a_user_fails_in_one_line(public_mnt: Path, for_others: dict[str, list[str]]
+                                           ) -> None:
+    """A user's mount that libfuse refuses (here /dev/fuse; elsewhere fusermount3: no
+    write access to root's mount point) ends in pstorefs' one line, which carries
+    libfuse's reason in place of pyfuse3's "fuse_session_mount failed": not libfuse's own
+    lines, nor the warning that the image is mounted read-only, nor the layout found."""
+    top = public_mnt.parent
+    img = copy_image(top, KMSG, as_name="readable.bin")
+    img.chmod(0o644)
+    line = assert_refused([*for_others["pstorefs"], str(img), str(public_mnt)], image=img,
+                          mnt=public_mnt, user="nobody", group="nogroup", extra_groups=[],
+                          cwd="/")
+    assert line.startswith(f"pstorefs: cannot mount {img} on {public_mnt}: "), line
+    reason = line.split(f"{public_mnt}: ", 1)[1]
+    assert "fuse_session_mount failed" not in reason and not reason.startswith("fuse"), line
+    assert "/dev/fuse" in reason or "mountpoint" in reason, line
 
 
 def test_unbound_loop_device_refused(tmp_path: Path, mnt: Path) -> None:

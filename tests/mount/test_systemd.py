@@ -215,7 +215,8 @@ DEV_LOG = Path("/dev/log")
 
 def test_daemon_logs_to_syslog(tmp_path: Path) -> None:
     """Daemonized, pstorefs logs one line per event to /dev/log (syslog, or journald's
-    syslog socket), as `pstorefs[PID]: SOURCE: ...`, naming the device and the record."""
+    syslog socket), as `pstorefs[PID]: SOURCE: ...`, naming the device and the record;
+    the layout found at mount time among them, which the mount did not print."""
     require_fuse()
     require(not DEV_LOG.exists(), f"{DEV_LOG} free (no syslog daemon running)")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -238,6 +239,9 @@ def test_daemon_logs_to_syslog(tmp_path: Path) -> None:
     assert all(re.match(daemon, line) for line in text), text
     assert any(re.match(daemon + re.escape(f"{image}: erased dmesg-pstore_blk-0 (zone at 0x0)"),
                         line) for line in text), text
+    # the mount's own lines, held while it was not known whether it would succeed
+    assert any(re.match(daemon + re.escape(f"{image}: layout detected: kmsg_size="), line)
+               for line in text), text
     # <30> is LOG_DAEMON | LOG_INFO
     assert any(line.startswith("<30>") for line in text), text
 

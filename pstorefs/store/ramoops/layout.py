@@ -75,15 +75,14 @@ class RamoopsGeometry:
                                 "region")
 
     def kernel_parameters(self) -> str:
-        """The module parameters that give this layout (`mem_address` is the region's
-        physical address, which an image does not tell)."""
-        params = [f"ramoops.mem_size={self.mem_size}", f"ramoops.record_size={self.record_size}",
-                  f"ramoops.console_size={self.console_size}",
-                  f"ramoops.ftrace_size={self.ftrace_size}",
-                  f"ramoops.pmsg_size={self.pmsg_size}", f"ramoops.ecc={self.ecc_size}"]
-        if self.ftrace_size:
-            params.append(f"nr_cpus={self.nr_cpus}")
-        return " ".join(params)
+        """The module parameters that give this layout, and only those (`mem_address` is
+        the region's physical address, which an image does not tell; `nr_cpus`, the
+        writer's CPU count, is none of them)."""
+        return " ".join([f"ramoops.mem_size={self.mem_size}",
+                         f"ramoops.record_size={self.record_size}",
+                         f"ramoops.console_size={self.console_size}",
+                         f"ramoops.ftrace_size={self.ftrace_size}",
+                         f"ramoops.pmsg_size={self.pmsg_size}", f"ramoops.ecc={self.ecc_size}"])
 
     def mount_options(self) -> str:
         """The `-o` options that pin this layout (ramoops' names, sizes in bytes)."""

@@ -22,6 +22,18 @@ DEFAULT_SIZE = 64 << 10
 """The kernel's default for every area (CONFIG_PSTORE_BLK_*_SIZE, blkoops' dmesg_size)."""
 
 
+MIN_SOURCE_SIZE = 4096
+"""The least pstore/zone can use: one 4 KiB zone."""
+
+
+def check_source_size(source_size: int, source: str = "the source") -> None:
+    """GeometryError for a source too small for any layout: said before a layout is
+    searched for, so that no layout is detected on it first."""
+    if source_size < MIN_SOURCE_SIZE:
+        raise GeometryError(f"{source} holds {source_size} bytes; pstore/zone needs at "
+                            f"least {MIN_SOURCE_SIZE}")
+
+
 def default_size(extent: int) -> int:
     """The size assumed for an area whose end the bytes do not show: the kernel's
     default, or the smallest power of two (in 4 KiB) that holds what was found."""
@@ -100,14 +112,13 @@ class Geometry:
 
     def kernel_parameters(self) -> str:
         """The writer's module parameters that give this layout, as a kernel command line
-        would carry them."""
+        would carry them: only those. `nr_cpus` is the writer's CPU count, not one of
+        them (`nr_cpus=` on a command line is the boot parameter that limits the CPUs)."""
         if self.format is ZoneFormat.BLKOOPS:
             return f"blkoops.dmesg_size={self.kmsg_size // 1024}"
         params = [f"pstore_blk.{key}={value // 1024}" for key, value in (
             ("kmsg_size", self.kmsg_size), ("pmsg_size", self.pmsg_size),
             ("console_size", self.console_size), ("ftrace_size", self.ftrace_size))]
-        if self.ftrace_size:
-            params.append(f"nr_cpus={self.nr_cpus}")  # the boot parameter that sets nr_cpu_ids
         return " ".join(params)
 
     def mount_options(self) -> str:
@@ -124,9 +135,7 @@ class Geometry:
 
         Raises GeometryError where the kernel's `register_pstore_zone` would refuse.
         """
-        if source_size < 4096:
-            raise GeometryError(f"the source holds {source_size} bytes; pstore/zone needs "
-                                "at least 4096")
+        check_source_size(source_size)
         if self.format is ZoneFormat.BLKOOPS:
             return self._blkoops_zones(source_size)
         total = min(source_size, SZ_128M) if self.capped else source_size

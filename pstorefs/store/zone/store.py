@@ -46,7 +46,7 @@ from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
 from pstorefs.store.zone.detect import Detection, detect, uncap, zone_format_at_start
-from pstorefs.store.zone.layout import Geometry, geometry_from_options
+from pstorefs.store.zone.layout import Geometry, check_source_size, geometry_from_options
 from pstorefs.store.zone.recovery import Listing, Probes
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def find_layout(device: Device, config: StoreConfig, *,
 
 def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> ZoneStore:
     """The pstore/zone back end (pstore/blk, mtdpstore, the blkoops RFC)."""
+    check_source_size(device.size, device.path)
     erasesize = erase_block_size(device, config.erasesize)
     layout = find_layout(device, config, erasesize=erasesize)
     if layout.found_nothing and not device.read_only:
@@ -113,6 +114,8 @@ class ZoneStore(Store):
                  show_erased: bool = False, erasesize: int | None = None) -> None:
         super().__init__(device, name, cache_budget)
         self.erasesize = erasesize
+        if geometry.format is ZoneFormat.ZONE:  # the RFC's own name was the default
+            self.kernel_name = "pstore_blk" if erasesize is None else "mtdpstore"
         self.erases_reach_other_records = erasesize is not None  # mtdpstore: a block
         self.geometry = geometry
         self.symbols = symbols
