@@ -541,9 +541,10 @@ def test_sigkill_at_random_points_of_an_rm_storm(case: Case, tmp_path: Path) -> 
         t0 = time.monotonic()
         storm(m, names).join(30)
         per_rm = (time.monotonic() - t0) / max(len(names), 1)
-    kills = 6
-    outcomes = set()
-    for _ in range(kills):
+    outcomes: set[int] = set()
+    for kill in range(12):  # 6, and more while every kill landed at one point (a
+        if kill >= 6 and len(outcomes) > 1:  # loaded machine stretches the rms)
+            break
         shutil.copyfile(case.image, img)
         tally = _kill_and_check(case, img, mnt, before, rnd.randrange(len(names)),
                                 rnd.uniform(0, 1.5 * per_rm))
