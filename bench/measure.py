@@ -88,11 +88,17 @@ class Mount:
     mnt: str
     pid: int
     proc: subprocess.Popen | None = None
+    kernel: bool = False
+    """A kernel filesystem (no daemon): unmounted with umount(8)."""
 
     def peak_rss_kib(self) -> int:
         return vm_hwm_kib(self.pid)
 
     def stop(self) -> None:
+        if self.kernel:
+            if os.path.ismount(self.mnt):
+                subprocess.run(["umount", self.mnt], check=True, capture_output=True)
+            return
         if os.path.ismount(self.mnt):
             if subprocess.run(["fusermount3", "-u", self.mnt],
                               capture_output=True).returncode != 0:
@@ -150,6 +156,35 @@ def start_noop(index: str, mnt: str) -> tuple[Mount, float]:
     first_readdir(mnt)
     seconds = time.perf_counter() - t0
     return Mount("noop", mnt, proc.pid, proc), seconds
+
+
+PEERS = {"squashfuse_ll": "squashfuse", "squashfs": "squashfs-tools"}
+"""The peers `cat` is compared with, and the Debian package each needs (the kernel's
+squashfs needs only the image mksquashfs builds)."""
+
+
+def build_squashfs(tree: str, image: str) -> None:
+    """A squashfs image of `tree`, gzip as mksquashfs defaults to, built once per run."""
+    subprocess.run(["mksquashfs", tree, image, "-comp", "gzip", "-noappend", "-quiet",
+                    "-no-progress"], check=True, capture_output=True)
+
+
+def start_peer(kind: str, image: str, mnt: str) -> Mount:
+    """Mount the squashfs `image` through `kind` (a key of PEERS), ready once its first
+    readdir answered, as pstorefs is."""
+    if kind == "squashfuse_ll":
+        subprocess.run(["squashfuse_ll", image, mnt], check=True, capture_output=True)
+        pids = holders(image)
+        if len(pids) != 1:
+            Mount(kind, mnt, -1).stop()
+            raise BenchError(f"{image}: expected one squashfuse_ll daemon, found {pids}")
+        mount = Mount(kind, mnt, pids[0])
+    else:
+        subprocess.run(["mount", "-t", "squashfs", "-o", "loop,ro", image, mnt], check=True,
+                       capture_output=True)
+        mount = Mount(kind, mnt, -1, kernel=True)
+    first_readdir(mnt)
+    return mount
 
 
 def copy_image(src: str, dest: str) -> None:

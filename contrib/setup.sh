@@ -14,7 +14,7 @@ set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
 
-packages="fuse3 libfuse3-dev liblzo2-dev pkg-config gcc python3-venv python3-dev util-linux mount systemd attr"
+packages="fuse3 libfuse3-dev liblzo2-dev pkg-config gcc python3-venv python3-dev util-linux mount systemd attr squashfuse squashfs-tools"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import stat
 import time
@@ -22,6 +23,8 @@ from pstorefs.fs.errors import in_thread, internal_error
 from pstorefs.fs.listing import Files, Listed, Listing, entry_within, kernel_caches_listing
 from pstorefs.fs.read_ahead import ReadAhead
 from pstorefs.store import Entry, Store
+
+log = logging.getLogger(__name__)
 
 FILE_MODE = 0o444
 DIR_MODE = 0o750
@@ -39,6 +42,11 @@ XATTRS_KEPT = 16
 TIMEOUT = 300.0
 """Records never change behind our back (the source is held exclusively) and every
 removal goes through `unlink`, so the kernel may cache entries and attributes long."""
+
+STORE_IN_KERNEL = 1 << 20
+"""Bodies up to this size are handed to the kernel's page cache as their file opens
+(`notify_store`), so that no READ request follows: a `cat` reads from memory. Larger
+ones are read as asked, as a reader of a long log may want only its head."""
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 """Open flags that would change a file: refused."""
@@ -82,10 +90,13 @@ class OpenFiles:
     def __contains__(self, inode: int) -> bool:
         return inode in self._bodies
 
-    def keep(self, inode: int, body: bytes) -> None:
+    def keep(self, inode: int, body: bytes) -> bool:
         """Keep `body` as the content of `inode` for its handles, unless another open
-        kept it first (it won the race for the read)."""
-        self._bodies.setdefault(inode, (body, 0))
+        kept it first (it won the race for the read): whether this one was kept."""
+        if inode in self._bodies:
+            return False
+        self._bodies[inode] = (body, 0)
+        return True
 
     def open(self, inode: int) -> int:
         """A new handle on `inode`, whose content is kept."""
@@ -108,6 +119,16 @@ class OpenFiles:
             self._bodies[inode] = (body, opens - 1)
         else:
             del self._bodies[inode]
+
+
+def _store_in_kernel(inode: int, body: bytes) -> None:
+    """Put `body` in the kernel's page cache of `inode` before the open replies (with
+    `keep_cache`, which keeps it there): the reads that follow are answered by the
+    kernel, one request per file fewer. Where the kernel refuses, reads ask as usual."""
+    try:
+        pyfuse3.notify_store(inode, 0, body)
+    except OSError as exc:
+        log.debug("storing inode %d in the page cache: %s", inode, exc)
 
 
 class Operations(pyfuse3.Operations):
@@ -309,11 +330,15 @@ class Operations(pyfuse3.Operations):
             self._read_ahead.requested(index)
             record = self._files[index]
             body = self.store.read(record, wait=False)
-            self._open.keep(inode, body if body is not None else
-                            await in_thread(self.store, self.store.read, record))
+            if body is None:
+                body = await in_thread(self.store, self.store.read, record)
+            if self._open.keep(inode, body) and len(body) <= STORE_IN_KERNEL:
+                _store_in_kernel(inode, body)
         return pyfuse3.FileInfo(fh=self._open.open(inode), keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        """Asked only for what the kernel's page cache lacks: a body too large for
+        `notify_store`, or pages it evicted since."""
         return self._open.read(fh, off, size)
 
     async def release(self, fh: int) -> None:
