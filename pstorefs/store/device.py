@@ -13,6 +13,9 @@ detection and durability are decided:
   file) is used read-only;
 * every write is followed by fdatasync before it is reported done (on MTD, which has
   no fsync, by `mtd_sync`).
+
+It also says where an image file has holes (`next_data`), so that the scans of a large
+sparse image skip what reads as zeros (`data_slots`) instead of reading it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pstorefs.errors import DeviceError, ReadOnlyError, SourceError
 
@@ -35,6 +38,47 @@ SECTOR_SIZE = 512
 LOOP_MAJOR = 7
 MTD_CHAR_MAJOR = 90
 """/dev/mtdN (even minors; the odd ones, /dev/mtdNro, refuse writing)."""
+
+
+DataRun = tuple[int, int]
+"""`(start, end)`: bytes of the source that may hold anything but zeros."""
+
+NextData = Callable[[int], DataRun | None]
+"""`next_data(offset)`: the first data run that ends after `offset`, its start at or after
+`offset` (None: nothing but holes from `offset` on). What lies before it is a hole and
+reads as zeros."""
+
+
+def no_holes(size: int) -> NextData:
+    """`next_data` of a source whose holes are not known (a device, bytes in memory): every
+    byte is data."""
+    def next_data(offset: int) -> DataRun | None:
+        return (max(offset, 0), size) if offset < size else None
+
+    return next_data
+
+
+def data_slots(next_data: NextData, count: int, first: int, stride: int,
+               length: int) -> Iterator[int]:
+    """The indexes `i < count` of the `length`-byte slots at `first + i * stride` (zones,
+    pages) that may hold data, in order. A slot wholly in a hole reads as zeros, so it
+    is left out, and a run of them costs one look at the holes, not one per slot."""
+    index = 0
+    while index < count:
+        run = next_data(first + index * stride)
+        if run is None:
+            return
+        start, end = run
+        index = max(index, (start - first - length) // stride + 1)
+        while index < count and first + index * stride < end:
+            yield index
+            index += 1
+
+
+def in_hole(next_data: NextData, offset: int, length: int) -> bool:
+    """Whether the `length` bytes at `offset` lie wholly in a hole (read as zeros)."""
+    run = next_data(offset)
+    return run is None or run[0] >= offset + length
 
 
 def _loop_backing_file(rdev: int) -> str | None:
@@ -71,7 +115,8 @@ class Device:
             raise SourceError(f"{path}: is a directory, not a block device or image")
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.is_mtd = stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == MTD_CHAR_MAJOR
-        if not (self.is_block_device or self.is_mtd or stat.S_ISREG(st.st_mode)):
+        self.is_file = stat.S_ISREG(st.st_mode)
+        if not (self.is_block_device or self.is_mtd or self.is_file):
             raise SourceError(f"{path}: not a block device, MTD device or image file")
         self.read_only = read_only
         self.fd = self._open(path)
@@ -169,6 +214,25 @@ class Device:
             raise DeviceError(f"{self.path}: short read at {offset:#x} "
                               f"({len(data)} of {length} bytes)")
         return data
+
+    def next_data(self, offset: int) -> DataRun | None:
+        """The first data run at or after `offset` (see `NextData`): a file's, from
+        SEEK_DATA and SEEK_HOLE; a device has no holes, all of it is data."""
+        offset = max(offset, 0)
+        if offset >= self.size:
+            return None
+        if not self.is_file:
+            return offset, self.size
+        try:
+            start = os.lseek(self.fd, self.base + offset, os.SEEK_DATA)
+            end = os.lseek(self.fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only holes from there to the end of the file
+                return None
+            return offset, self.size  # a filesystem that tells no holes
+        if start - self.base >= self.size:
+            return None
+        return start - self.base, min(end - self.base, self.size)
 
     def write(self, offset: int, data: bytes) -> None:
         """Write `data` at `offset`: not durable until `sync`."""
