@@ -31,7 +31,7 @@ from pstorefs.format.mtdoops import (
 )
 from pstorefs.store.base import Decoded, Layout, Record, Store, Zone
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.device import Device
+from pstorefs.store.device import Device, NextData, data_slots, no_holes
 from pstorefs.store.flash import ERASED, erase_block_size, erase_keeping
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,15 @@ _PAGE_ALIGN = 4096
 """Every page starts at a multiple of 4096 (`record_size` is one)."""
 
 
-def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
+def recognizes(read: Callable[[int, int], bytes], size: int,
+               next_data: NextData | None = None) -> bool:
     """Whether a page of the source's first MiB looks as `mtdoops_write` leaves one:
     an mtdoops header (either byte order) and, after the text, only the NUL and the
-    0xFF fill."""
-    for offset in range(0, min(size, RECOGNIZE_SPAN) - HEADER_PROBE + 1, _PAGE_ALIGN):
+    0xFF fill. Pages in a hole (`next_data`) are zeros, no page: they are not read."""
+    span = min(size, RECOGNIZE_SPAN)
+    count = (span - HEADER_PROBE) // _PAGE_ALIGN + 1 if span >= HEADER_PROBE else 0
+    for page in data_slots(next_data or no_holes(size), count, 0, _PAGE_ALIGN, HEADER_PROBE):
+        offset = page * _PAGE_ALIGN
         try:
             head = read(offset, HEADER_PROBE)
             headers = [h for h in (parse_page_header(head, offset, little)

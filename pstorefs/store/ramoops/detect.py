@@ -31,7 +31,7 @@ from pstorefs.format.ramoops import (
 )
 from pstorefs.format.zone import HEADER_PROBE, parse_found_header
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.device import Device
+from pstorefs.store.device import Device, NextData, in_hole
 from pstorefs.store.ramoops.layout import RamoopsGeometry
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ _MIN_FTRACE_VERSION = 0x30000
 holds a version code that old or newer."""
 
 
-def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
+def recognizes(read: Callable[[int, int], bytes], size: int,
+               next_data: NextData | None = None) -> bool:
     """Whether the source starts as a ramoops region: zone 0's header (a dmesg zone,
     or console or pmsg where there is none) is DBGC in either byte order with
     `start <= size` within the region, and no pstore/zone dmesg header follows it. A
@@ -49,8 +50,9 @@ def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
     blkoops RFC format), or a `start` of 0 below a `datalen`: read as ramoops,
     `start > size`. (A region of ftrace zones alone starts with DBGC XOR a version
     code, which the other byte order's pstore/zone signatures can look like: not
-    recognized, `backend=ramoops` reads it.)"""
-    if size < 2 * PERSISTENT_RAM_BUFFER_SIZE:
+    recognized, `backend=ramoops` reads it.) A hole at 0 (`next_data`) is no header."""
+    if size < 2 * PERSISTENT_RAM_BUFFER_SIZE or (
+            next_data is not None and in_hole(next_data, 0, 2 * PERSISTENT_RAM_BUFFER_SIZE)):
         return False
     try:
         head = read(0, 2 * PERSISTENT_RAM_BUFFER_SIZE)
