@@ -60,6 +60,18 @@ class ZoneList(LazySequence[Zone]):
     def dmesg_zones(self) -> Iterator[Zone]:
         return map(self.dmesg, range(self.dmesg_count))
 
+    def at(self, offset: int) -> Zone | None:
+        """The zone that starts at `offset`, if one does: worked out, not searched for
+        among the millions of zones of a whole disk without the cap."""
+        for zone in self.rings:
+            if zone.offset == offset:
+                return zone
+        start, size, _ = self._dmesg
+        if not size or offset < start or (offset - start) % size:
+            return None
+        index = (offset - start) // size
+        return self.dmesg(index) if index < self.dmesg_count else None
+
     def __len__(self) -> int:
         return len(self.rings) + self.dmesg_count
 
