@@ -23,6 +23,7 @@ from pstorefs.format.mtdoops import (
     HEADER_PROBE,
     PageHeader,
     age,
+    has_magic,
     is_magic,
     magic_word,
     newest_seq,
@@ -140,15 +141,21 @@ class MtdoopsStore(Store):
 
     # -- listing ----------------------------------------------------------------
     def _read_headers(self) -> dict[int, bytes]:
-        """Each page's first bytes; a page that cannot be read is skipped, as
-        `find_next_position` skips it."""
+        """The first bytes of each page that holds a magic (in either byte order: the
+        order is voted on them), the others being no record. A page that cannot be read
+        is skipped, as `find_next_position` skips it; a page in a hole of a sparse image
+        is zeros, and is not read."""
         probes: dict[int, bytes] = {}
-        for page in range(self.pages):
+        for page in data_slots(self.device.next_data, self.pages, 0, self.record_size,
+                               HEADER_PROBE):
             try:
-                probes[page] = self.device.read(page * self.record_size, HEADER_PROBE)
+                raw = self.device.read(page * self.record_size, HEADER_PROBE)
             except DeviceError as exc:
                 log.error("mtdoops page %d at %#x: %s: skipped", page,
                           page * self.record_size, exc)
+                continue
+            if has_magic(raw):
+                probes[page] = raw
         return probes
 
     def _recover(self, probes: dict[int, bytes]) -> list[Record]:
