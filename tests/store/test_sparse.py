@@ -218,6 +218,7 @@ ONE_RECORD: dict[str, tuple[dict[int, bytes], StoreConfig, int]] = {
                                   StoreConfig(kmsg_size=64), 2),
     "blkoops-at-0": ({0: blkoops_image()[:4 * KIB]}, StoreConfig(), 1),
     "mtdoops-page-at-0": ({0: mtdoops_page(1, text(1))}, StoreConfig(erasesize=64 * KIB), 1),
+    "ramoops-zeros": ({}, StoreConfig(backend="ramoops"), 0),
     "nothing": ({}, StoreConfig(), 0),
 }
 
