@@ -27,6 +27,7 @@ from helpers.zone_writer import ZoneWriter
 from pstorefs.cli.options import parse_options
 from pstorefs.format.abi import X86_64, kmsg_header_struct
 from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PSZ_SIG, KmsgDumpReason
+from pstorefs.format.ramoops import PERSISTENT_RAM_SIG, RamBuffer, build_buffer
 from pstorefs.store import Store, StoreConfig, open_store
 from pstorefs.store.device import DataRun, Device, data_slots
 from pstorefs.store.zone.layout import SZ_128M
@@ -210,6 +211,12 @@ def dmesg_record(offset: int = 0) -> dict[int, bytes]:
     return {offset: bytes(w.image[:4 * KIB])}
 
 
+def ramoops_record() -> dict[int, bytes]:
+    line = b"====1700000000.123456-D\nOops#1 Part1\n"
+    return {0: build_buffer(RamBuffer(PERSISTENT_RAM_SIG, len(line), len(line)),
+                            little_endian=True) + line}
+
+
 ONE_RECORD: dict[str, tuple[dict[int, bytes], StoreConfig, int]] = {
     # label: (the bytes written, the options, the records listed)
     "zone-dmesg-at-0": (dmesg_record(), StoreConfig(), 1),
@@ -219,6 +226,7 @@ ONE_RECORD: dict[str, tuple[dict[int, bytes], StoreConfig, int]] = {
     "blkoops-at-0": ({0: blkoops_image()[:4 * KIB]}, StoreConfig(), 1),
     "mtdoops-page-at-0": ({0: mtdoops_page(1, text(1))}, StoreConfig(erasesize=64 * KIB), 1),
     "ramoops-zeros": ({}, StoreConfig(backend="ramoops"), 0),
+    "ramoops-dmesg-at-0": (ramoops_record(), StoreConfig(), 1),
     "nothing": ({}, StoreConfig(), 0),
 }
 
@@ -243,6 +251,6 @@ def test_a_large_sparse_image_reads_as_few_times_as_it_has_records(
             peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert len(reads) <= 12, reads
+    assert len(reads) <= 32, reads  # ramoops' detection tries a few headers in a block
     assert sum(length for _, length in reads) <= 2 * MIB, reads
     assert peak < 4 * MIB, f"{peak} bytes allocated to open it"
