@@ -8,7 +8,8 @@ detection and durability are decided:
   source is `flock`ed (a POSIX lock would not survive the daemonizing fork), a loop
   device's backing file is locked as well (one image behind two loop devices is one
   source), and a block device is opened O_EXCL, which fails while a filesystem or
-  another exclusive holder has it;
+  another exclusive holder has it; an image opened for writing that backs a loop device
+  holds that device O_EXCL in turn, or is refused;
 * a source that refuses writing (write-protected card, `blockdev --setro`, a read-only
   file) is used read-only;
 * every write is followed by fdatasync before it is reported done (on MTD, which has
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import itertools
 import logging
 import os
@@ -81,6 +83,10 @@ def in_hole(next_data: NextData, offset: int, length: int) -> bool:
     return run is None or run[0] >= offset + length
 
 
+_IN_USE = ("in use by another holder (a mounted filesystem, the kernel's pstore_blk, or "
+           "another program)")
+
+
 def _loop_backing_file(rdev: int) -> str | None:
     """The file behind a loop device (or a partition of one), from sysfs."""
     sysdir = f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}"
@@ -91,6 +97,21 @@ def _loop_backing_file(rdev: int) -> str | None:
         except OSError:
             continue
     return None
+
+
+def _loop_devices_backed_by(st: os.stat_result) -> list[str]:
+    """The loop devices whose backing file is the file `st` describes: by its device
+    and inode, as the name sysfs shows may be another link to it."""
+    found = []
+    for attr in sorted(glob.glob("/sys/block/loop*/loop/backing_file")):
+        try:
+            with open(attr) as fh:
+                backing = os.stat(fh.read().rstrip("\n"))
+        except OSError:  # detached meanwhile, or a backing file gone
+            continue
+        if (backing.st_dev, backing.st_ino) == (st.st_dev, st.st_ino):
+            found.append(os.path.join("/dev", attr.split("/")[3]))
+    return found
 
 
 class Device:
@@ -122,6 +143,8 @@ class Device:
         self.fd = self._open(path)
         try:
             self._lock(self.fd, path)
+            if self.is_file and not self.read_only:
+                self._hold_loop_devices(st)
             if self.is_block_device and os.major(st.st_rdev) == LOOP_MAJOR:
                 backing = _loop_backing_file(st.st_rdev)
                 if backing and os.path.exists(backing):
@@ -175,9 +198,21 @@ class Device:
     @staticmethod
     def _open_error(path: str, exc: OSError) -> SourceError:
         if exc.errno == errno.EBUSY:
-            return SourceError(f"{path}: in use by another holder (a mounted filesystem, "
-                               "the kernel's pstore_blk, or another program)")
+            return SourceError(f"{path}: {_IN_USE}")
         return SourceError(f"{path}: cannot open: {exc.strerror}")
+
+    def _hold_loop_devices(self, st: os.stat_result) -> None:
+        """An image that backs a loop device is written only while nothing else holds
+        the device (a filesystem mounted from it, the kernel's pstore_blk): each is held
+        O_EXCL for the Device's lifetime, as a block device source is, or the image is
+        refused."""
+        for loop in _loop_devices_backed_by(st):
+            try:
+                self._fds.append(os.open(loop, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
+            except OSError as exc:
+                why = (f"is {_IN_USE}" if exc.errno == errno.EBUSY
+                       else f"cannot be opened: {exc.strerror}")
+                raise SourceError(f"{self.path}: backs {loop}, which {why}") from None
 
     @staticmethod
     def _kernel_read_only(fd: int) -> bool:
