@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pstorefs.errors import GeometryError
@@ -56,9 +55,6 @@ class ZoneList(LazySequence[Zone]):
         """The dmesg zone of that index."""
         offset, size, header_size = self._dmesg
         return Zone(PstoreType.DMESG, index, offset + index * size, size, header_size)
-
-    def dmesg_zones(self) -> Iterator[Zone]:
-        return map(self.dmesg, range(self.dmesg_count))
 
     def at(self, offset: int) -> Zone | None:
         """The zone that starts at `offset`, if one does: worked out, not searched for
