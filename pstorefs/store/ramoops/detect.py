@@ -169,8 +169,9 @@ def detect_layout(read: Callable[[int, int], bytes], mem_size: int, *,
             areas.setdefault(console + ftrace + pmsg, []).append((console, ftrace, pmsg))
     best: _Candidate | None = None
     for record in records:
-        # the dmesg zones are `record`..`2 * record - 1` bytes (an even `mem / cnt`): with
-        # no header there, only the whole region as one dmesg zone can fit
+        # a dmesg zone is `mem / cnt` made even: `record - 1` to `2 * record - 1` bytes, so
+        # the second one, or the area after a single one, starts there; with no header
+        # in that range, only the whole region as one dmesg zone can fit
         alone = bool(record) and headers.none_from(record - 1, 2 * record)
         for rest, splits in areas.items():
             if alone and rest:
