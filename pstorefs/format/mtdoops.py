@@ -83,6 +83,14 @@ def is_magic(value: int) -> bool:
     return value in MTDOOPS_HEADER_SIZE
 
 
+def has_magic(raw: bytes) -> bool:
+    """Whether a page's first bytes hold one of the magics in either byte order: a page
+    without one is no record, whatever the writer's byte order."""
+    word = magic_word(raw)
+    return len(word) == 4 and (is_magic(int.from_bytes(word, "little"))
+                               or is_magic(int.from_bytes(word, "big")))
+
+
 def parse_page_header(raw: bytes, offset: int, little_endian: bool) -> PageHeader | None:
     """The header of the page whose first `HEADER_PROBE` bytes are `raw`, or None where
     `find_next_position` skips the page: erased (`seq` 0xffffffff) or no known magic.

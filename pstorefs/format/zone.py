@@ -83,6 +83,16 @@ SIGNATURE = re.compile(b"|".join(
 SIGNATURE_SIZE = 4
 """Bytes of `sig`, which opens every zone header."""
 
+_SIGNATURES = {ptype: frozenset(zone_sig(ptype).to_bytes(SIGNATURE_SIZE, order)
+                                for order in ("little", "big"))
+               for ptype in RING_AND_DMESG_TYPES}
+
+
+def opens_with_signature(raw: bytes, ptype: PstoreType) -> bool:
+    """Whether `raw` starts with the `sig` of a `ptype` zone, in either byte order: the
+    first thing every verdict on a zone asks, before the byte order is known."""
+    return raw[:SIGNATURE_SIZE] in _SIGNATURES[ptype]
+
 HEADER_PROBE = PSZ_BUFFER_SIZE + 4
 """Bytes that show a zone header found anywhere for what it is: the header, and the
 dmesg header's `magic` after either format's zone header (at +8 or +12)."""

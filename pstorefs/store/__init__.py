@@ -2,8 +2,8 @@
 Python, no FUSE: the mount and the offline tool are both built on `open_store`.
 
 Each back end is a package (`zone`, `ramoops`, `mtdoops`, `blockconsole`) with
-`OPTIONS` (the StoreConfig fields it reads), `recognizes(read, size) -> bool` (but
-pstore/zone, the back end of a source no other recognizes) and
+`OPTIONS` (the StoreConfig fields it reads), `recognizes(read, size, next_data) -> bool`
+(but pstore/zone, the back end of a source no other recognizes) and
 `open_store(device, config, symbols) -> Store`; with `backend=auto` the first that
 recognizes the source is used, pstore/zone otherwise."""
 
@@ -38,7 +38,7 @@ def _recognizes(name: str, device: Device) -> bool:
     """Whether back end `name` takes the source; one it cannot read (a bad sector where
     its header would be) is not its, and pstore/zone copes with such zones alone."""
     try:
-        return bool(_MODULES[name].recognizes(device.read, device.size))
+        return bool(_MODULES[name].recognizes(device.read, device.size, device.next_data))
     except PstoreError:
         return False
 

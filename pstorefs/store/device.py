@@ -8,22 +8,27 @@ detection and durability are decided:
   source is `flock`ed (a POSIX lock would not survive the daemonizing fork), a loop
   device's backing file is locked as well (one image behind two loop devices is one
   source), and a block device is opened O_EXCL, which fails while a filesystem or
-  another exclusive holder has it;
+  another exclusive holder has it; an image opened for writing that backs a loop device
+  holds that device O_EXCL in turn, or is refused;
 * a source that refuses writing (write-protected card, `blockdev --setro`, a read-only
   file) is used read-only;
 * every write is followed by fdatasync before it is reported done (on MTD, which has
   no fsync, by `mtd_sync`).
+
+It also says where an image file has holes (`next_data`), so that the scans of a large
+sparse image skip what reads as zeros (`data_slots`) instead of reading it.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import itertools
 import os
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pstorefs.errors import DeviceError, ReadOnlyError, SourceError
 
@@ -32,6 +37,51 @@ SECTOR_SIZE = 512
 LOOP_MAJOR = 7
 MTD_CHAR_MAJOR = 90
 """/dev/mtdN (even minors; the odd ones, /dev/mtdNro, refuse writing)."""
+
+
+DataRun = tuple[int, int]
+"""`(start, end)`: bytes of the source that may hold anything but zeros."""
+
+NextData = Callable[[int], DataRun | None]
+"""`next_data(offset)`: the first data run that ends after `offset`, its start at or after
+`offset` (None: nothing but holes from `offset` on). What lies before it is a hole and
+reads as zeros."""
+
+
+def no_holes(size: int) -> NextData:
+    """`next_data` of a source whose holes are not known (a device, bytes in memory): every
+    byte is data."""
+    def next_data(offset: int) -> DataRun | None:
+        return (max(offset, 0), size) if offset < size else None
+
+    return next_data
+
+
+def data_slots(next_data: NextData, count: int, first: int, stride: int,
+               length: int) -> Iterator[int]:
+    """The indexes `i < count` of the `length`-byte slots at `first + i * stride` (zones,
+    pages) that may hold data, in order. A slot wholly in a hole reads as zeros, so it
+    is left out, and a run of them costs one look at the holes, not one per slot."""
+    index = 0
+    while index < count:
+        run = next_data(first + index * stride)
+        if run is None:
+            return
+        start, end = run
+        index = max(index, (start - first - length) // stride + 1)
+        while index < count and first + index * stride < end:
+            yield index
+            index += 1
+
+
+def in_hole(next_data: NextData, offset: int, length: int) -> bool:
+    """Whether the `length` bytes at `offset` lie wholly in a hole (read as zeros)."""
+    run = next_data(offset)
+    return run is None or run[0] >= offset + length
+
+
+_IN_USE = ("in use by another holder (a mounted filesystem, the kernel's pstore_blk, or "
+           "another program)")
 
 
 def _loop_backing_file(rdev: int) -> str | None:
@@ -44,6 +94,21 @@ def _loop_backing_file(rdev: int) -> str | None:
         except OSError:
             continue
     return None
+
+
+def _loop_devices_backed_by(st: os.stat_result) -> list[str]:
+    """The loop devices whose backing file is the file `st` describes: by its device
+    and inode, as the name sysfs shows may be another link to it."""
+    found = []
+    for attr in sorted(glob.glob("/sys/block/loop*/loop/backing_file")):
+        try:
+            with open(attr) as fh:
+                backing = os.stat(fh.read().rstrip("\n"))
+        except OSError:  # detached meanwhile, or a backing file gone
+            continue
+        if (backing.st_dev, backing.st_ino) == (st.st_dev, st.st_ino):
+            found.append(os.path.join("/dev", attr.split("/")[3]))
+    return found
 
 
 class Device:
@@ -68,7 +133,8 @@ class Device:
             raise SourceError(f"{path}: is a directory, not a block device or image")
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.is_mtd = stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == MTD_CHAR_MAJOR
-        if not (self.is_block_device or self.is_mtd or stat.S_ISREG(st.st_mode)):
+        self.is_file = stat.S_ISREG(st.st_mode)
+        if not (self.is_block_device or self.is_mtd or self.is_file):
             raise SourceError(f"{path}: not a block device, MTD device or image file")
         self.read_only = read_only
         self.write_refused: str | None = None
@@ -77,6 +143,8 @@ class Device:
         self.fd = self._open(path)
         try:
             self._lock(self.fd, path)
+            if self.is_file and not self.read_only:
+                self._hold_loop_devices(st)
             if self.is_block_device and os.major(st.st_rdev) == LOOP_MAJOR:
                 backing = _loop_backing_file(st.st_rdev)
                 if backing and os.path.exists(backing):
@@ -129,9 +197,21 @@ class Device:
     @staticmethod
     def _open_error(path: str, exc: OSError) -> SourceError:
         if exc.errno == errno.EBUSY:
-            return SourceError(f"{path}: in use by another holder (a mounted filesystem, "
-                               "the kernel's pstore_blk, or another program)")
+            return SourceError(f"{path}: {_IN_USE}")
         return SourceError(f"{path}: cannot open: {exc.strerror}")
+
+    def _hold_loop_devices(self, st: os.stat_result) -> None:
+        """An image that backs a loop device is written only while nothing else holds
+        the device (a filesystem mounted from it, the kernel's pstore_blk): each is held
+        O_EXCL for the Device's lifetime, as a block device source is, or the image is
+        refused."""
+        for loop in _loop_devices_backed_by(st):
+            try:
+                self._fds.append(os.open(loop, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
+            except OSError as exc:
+                why = (f"is {_IN_USE}" if exc.errno == errno.EBUSY
+                       else f"cannot be opened: {exc.strerror}")
+                raise SourceError(f"{self.path}: backs {loop}, which {why}") from None
 
     @staticmethod
     def _kernel_read_only(fd: int) -> bool:
@@ -168,6 +248,25 @@ class Device:
             raise DeviceError(f"{self.path}: short read at {offset:#x} "
                               f"({len(data)} of {length} bytes)")
         return data
+
+    def next_data(self, offset: int) -> DataRun | None:
+        """The first data run at or after `offset` (see `NextData`): a file's, from
+        SEEK_DATA and SEEK_HOLE; a device has no holes, all of it is data."""
+        offset = max(offset, 0)
+        if offset >= self.size:
+            return None
+        if not self.is_file:
+            return offset, self.size
+        try:
+            start = os.lseek(self.fd, self.base + offset, os.SEEK_DATA)
+            end = os.lseek(self.fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only holes from there to the end of the file
+                return None
+            return offset, self.size  # a filesystem that tells no holes
+        if start - self.base >= self.size:
+            return None
+        return start - self.base, min(end - self.base, self.size)
 
     def write(self, offset: int, data: bytes) -> None:
         """Write `data` at `offset`: not durable until `sync`."""

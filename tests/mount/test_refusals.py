@@ -10,12 +10,15 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers.cases import expected_after_erase, sha256
-from helpers.machine import PSTOREFS, mounted, require, run, unmount
+from helpers.machine import PSTOREFS, VENV_BIN, mounted, require, run, unmount
 from helpers.mounts import KMSG, assert_same_image, copy_image, loop_device, proc_mount
 
 
@@ -42,6 +45,7 @@ def assert_refused(cmd: list[str], *, image: Path | None = None, mnt: Path | Non
 
 # -- bad input ---------------------------------------------------------------------------------
 KOPTS = KMSG.options
+PSTORECTL = str(VENV_BIN / "pstorectl")
 
 
 def _bad_inputs() -> dict[str, object]:
@@ -230,6 +234,47 @@ def test_exclusive_holder_of_the_device_refused(tmp_path: Path, mnt: Path) -> No
                 os.close(os.open(dev, os.O_RDONLY | os.O_EXCL))
             assert info.value.errno == errno.EBUSY
             assert sorted(os.listdir(m)) == sorted(KMSG.files)
+
+
+@contextlib.contextmanager
+def held_exclusively(dev: str) -> Iterator[None]:
+    """Another process holds `dev` open O_EXCL, as a mounted filesystem or the kernel's
+    pstore_blk would."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL);"
+         " print('held', flush=True); sys.stdin.read()", dev],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate(timeout=30)
+
+
+def test_image_of_a_held_loop_device_is_not_written(tmp_path: Path, mnt: Path) -> None:
+    """The image behind a loop device another holds exclusively is refused for writing,
+    by the mount and by `pstorectl erase`, as the loop device itself is; it is still
+    read (ro, `pstorectl list`). Once the holder is gone, the erase writes."""
+    img = copy_image(tmp_path, KMSG)
+    name = sorted(KMSG.files)[0]
+    with loop_device(img) as dev:
+        with held_exclusively(dev):
+            line = assert_refused([PSTOREFS, str(img), str(mnt), "-o", KOPTS], image=img,
+                                  mnt=mnt)
+            assert f"backs {dev}, which is in use" in line, line
+            line = assert_refused([PSTORECTL, "erase", str(img), name, "-o", KOPTS], image=img)
+            assert f"backs {dev}, which is in use" in line, line
+            listed = run([PSTORECTL, "list", str(img), "-o", KOPTS])
+            assert listed.returncode == 0 and name in listed.stdout, listed.stderr
+            with mounted(img, mnt, KOPTS + ",ro") as m:
+                assert sorted(os.listdir(m)) == sorted(KMSG.files)
+        # ours now: the loop device is held in turn while the image may be written
+        with mounted(img, mnt, KOPTS) as m:
+            with pytest.raises(OSError) as info:
+                os.close(os.open(dev, os.O_RDONLY | os.O_EXCL))
+            assert info.value.errno == errno.EBUSY
+            os.unlink(m / name)
+    assert name not in run([PSTORECTL, "list", str(img), "-o", KOPTS]).stdout
 
 
 @pytest.mark.parametrize("how", ["losetup -r", "blockdev --setro", "immutable image"])

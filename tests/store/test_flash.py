@@ -207,6 +207,32 @@ def test_name_option_and_find(tmp_path: Path) -> None:
             assert s.find(name) is None
 
 
+class _CountedList(list):
+    """A store's records, counting the passes over them."""
+
+    passes = 0
+
+    def __iter__(self):
+        type(self).passes += 1
+        return super().__iter__()
+
+
+def test_lookups_do_not_search_the_records(tmp_path: Path) -> None:
+    """A lookup by name, and what is known of a record, are found by key (dicts built
+    in one pass), not by a search of the records: one pass each, however many lookups."""
+    pages = 1024
+    img = write(tmp_path, flash_image({n: mtdoops_page(n, text(n % 8)) for n in range(pages)},
+                                      pages * PAGE))
+    with store(img, OPTS) as s:
+        names = [s.entry(r).name for r in s.records]  # decoded once, before counting
+        s._records = _CountedList(s.records)
+        for name in names:
+            record = s.locate(name)
+            assert record is not None and s.find(name) is record
+            assert s.entry(record, wait=False) is not None
+        assert s.locate("dmesg-mtdoops-1024") is None
+        assert _CountedList.passes <= 1
+
 # -- hostile pages ----------------------------------------------------------------------------
 def test_hostile_pages_show_only_what_is_sound(tmp_path: Path) -> None:
     full = b"x" * (PAGE - 16)

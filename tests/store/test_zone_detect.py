@@ -314,12 +314,14 @@ def test_header_in_the_tail_is_refused(tmp_path: Path) -> None:
 
 # == 5. what detection reads ===============================================================
 class CountingDevice:
-    """Device-like: what `find_layout` uses (`read`, `size`, `path`), counting the reads."""
+    """Device-like: what `find_layout` uses (`read`, `next_data`, `size`, `path`),
+    counting the reads."""
 
     def __init__(self, path: Path) -> None:
         self.device = Device(str(path), read_only=True)
         self.path = str(path)
         self.size = self.device.size
+        self.next_data = self.device.next_data
         self.reads: list[tuple[int, int]] = []
 
     def read(self, offset: int, length: int) -> bytes:

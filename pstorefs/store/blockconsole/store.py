@@ -43,7 +43,7 @@ from pstorefs.format.consts import PstoreType
 from pstorefs.format.kallsyms import SymbolTable
 from pstorefs.store.base import Decoded, Layout, Record, Store, Zone
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.device import Device
+from pstorefs.store.device import Device, NextData, in_hole
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,15 @@ fills a tile's sectors in order, so a tile with no text in them has none of its 
 freshly formatted tile 0 holds only its header and padding)."""
 
 
-def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
+def recognizes(read: Callable[[int, int], bytes], size: int,
+               next_data: NextData | None = None) -> bool:
     """A tile header at the start: what the partition scan attaches a device for
-    (`bcon_add` -> `bcon_find_end_of_log` -> `bcon_magic_present`)."""
-    return size >= BCON_LONG_HEADERSIZE and magic_present(read(0, BCON_LONG_HEADERSIZE))
+    (`bcon_add` -> `bcon_find_end_of_log` -> `bcon_magic_present`). A hole at 0
+    (`next_data`) is no header."""
+    if size < BCON_LONG_HEADERSIZE or (
+            next_data is not None and in_hole(next_data, 0, BCON_LONG_HEADERSIZE)):
+        return False
+    return magic_present(read(0, BCON_LONG_HEADERSIZE))
 
 
 def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> BlockConsoleStore:

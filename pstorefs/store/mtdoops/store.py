@@ -23,6 +23,7 @@ from pstorefs.format.mtdoops import (
     HEADER_PROBE,
     PageHeader,
     age,
+    has_magic,
     is_magic,
     magic_word,
     newest_seq,
@@ -31,7 +32,7 @@ from pstorefs.format.mtdoops import (
 )
 from pstorefs.store.base import Decoded, Layout, Record, Store, Zone
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.device import Device
+from pstorefs.store.device import Device, NextData, data_slots, no_holes
 from pstorefs.store.flash import ERASED, erase_block_size, erase_keeping
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,15 @@ _PAGE_ALIGN = 4096
 """Every page starts at a multiple of 4096 (`record_size` is one)."""
 
 
-def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
+def recognizes(read: Callable[[int, int], bytes], size: int,
+               next_data: NextData | None = None) -> bool:
     """Whether a page of the source's first MiB looks as `mtdoops_write` leaves one:
     an mtdoops header (either byte order) and, after the text, only the NUL and the
-    0xFF fill."""
-    for offset in range(0, min(size, RECOGNIZE_SPAN) - HEADER_PROBE + 1, _PAGE_ALIGN):
+    0xFF fill. Pages in a hole (`next_data`) are zeros, no page: they are not read."""
+    span = min(size, RECOGNIZE_SPAN)
+    count = (span - HEADER_PROBE) // _PAGE_ALIGN + 1 if span >= HEADER_PROBE else 0
+    for page in data_slots(next_data or no_holes(size), count, 0, _PAGE_ALIGN, HEADER_PROBE):
+        offset = page * _PAGE_ALIGN
         try:
             head = read(offset, HEADER_PROBE)
             headers = [h for h in (parse_page_header(head, offset, little)
@@ -136,15 +141,21 @@ class MtdoopsStore(Store):
 
     # -- listing ----------------------------------------------------------------
     def _read_headers(self) -> dict[int, bytes]:
-        """Each page's first bytes; a page that cannot be read is skipped, as
-        `find_next_position` skips it."""
+        """The first bytes of each page that holds a magic (in either byte order: the
+        order is voted on them), the others being no record. A page that cannot be read
+        is skipped, as `find_next_position` skips it; a page in a hole of a sparse image
+        is zeros, and is not read."""
         probes: dict[int, bytes] = {}
-        for page in range(self.pages):
+        for page in data_slots(self.device.next_data, self.pages, 0, self.record_size,
+                               HEADER_PROBE):
             try:
-                probes[page] = self.device.read(page * self.record_size, HEADER_PROBE)
+                raw = self.device.read(page * self.record_size, HEADER_PROBE)
             except DeviceError as exc:
                 log.error("mtdoops page %d at %#x: %s: skipped", page,
                           page * self.record_size, exc)
+                continue
+            if has_magic(raw):
+                probes[page] = raw
         return probes
 
     def _recover(self, probes: dict[int, bytes]) -> list[Record]:

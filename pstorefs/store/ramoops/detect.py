@@ -30,9 +30,9 @@ from pstorefs.format.ramoops import (
     sig_matches,
     sig_word,
 )
-from pstorefs.format.zone import HEADER_PROBE, parse_found_header
+from pstorefs.format.zone import HEADER_PROBE, SIGNATURE_SIZE, parse_found_header
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.device import Device
+from pstorefs.store.device import Device, NextData, in_hole
 from pstorefs.store.ramoops.layout import RamoopsGeometry
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ _MIN_FTRACE_VERSION = 0x30000
 holds a version code that old or newer."""
 
 
-def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
+def recognizes(read: Callable[[int, int], bytes], size: int,
+               next_data: NextData | None = None) -> bool:
     """Whether the source starts as a ramoops region: zone 0's header (a dmesg zone,
     or console or pmsg where there is none) is DBGC in either byte order with
     `start <= size` within the region, and no pstore/zone dmesg header follows it. A
@@ -50,8 +51,9 @@ def recognizes(read: Callable[[int, int], bytes], size: int) -> bool:
     blkoops RFC format), or a `start` of 0 below a `datalen`: read as ramoops,
     `start > size`. (A region of ftrace zones alone starts with DBGC XOR a version
     code, which the other byte order's pstore/zone signatures can look like: not
-    recognized, `backend=ramoops` reads it.)"""
-    if size < 2 * PERSISTENT_RAM_BUFFER_SIZE:
+    recognized, `backend=ramoops` reads it.) A hole at 0 (`next_data`) is no header."""
+    if size < 2 * PERSISTENT_RAM_BUFFER_SIZE or (
+            next_data is not None and in_hole(next_data, 0, 2 * PERSISTENT_RAM_BUFFER_SIZE)):
         return False
     try:
         head = read(0, 2 * PERSISTENT_RAM_BUFFER_SIZE)
@@ -73,7 +75,7 @@ def find_layout(device: Device, config: StoreConfig) -> tuple[RamoopsGeometry, l
         return layout_from_options(config, device.size)
     record_size = rounddown_pow_of_two(config.record_size) if config.record_size else None
     found = detect_layout(device.read, device.size, record_size=record_size,
-                          ecc=config.ecc, nr_cpus=config.nr_cpus)
+                          ecc=config.ecc, nr_cpus=config.nr_cpus, next_data=device.next_data)
     if found is None:
         layout, notes = layout_from_options(config, device.size)
         notes.append("no ramoops layout fits the zone headers: the module parameters' "
@@ -138,7 +140,8 @@ class _Candidate:
 
 def detect_layout(read: Callable[[int, int], bytes], mem_size: int, *,
                   record_size: int | None = None, ecc: int | None = None,
-                  nr_cpus: int | None = None) -> RamoopsGeometry | None:
+                  nr_cpus: int | None = None,
+                  next_data: NextData | None = None) -> RamoopsGeometry | None:
     """The layout that puts a ramoops header under every zone start it has, found by
     trying the sizes (powers of two) `ramoops_probe` could have used.
 
@@ -148,8 +151,13 @@ def detect_layout(read: Callable[[int, int], bytes], mem_size: int, *,
     is the writer's (a coarser one skips headers). Where two explain the same headers
     (a last empty dmesg zone or a console; a console or a pmsg), `_Candidate.score`
     decides, which changes no file shown. `ecc` is found from the header parity at the
-    zone ends. None when no layout fits (no DBGC header at the start)."""
-    headers = _HeaderReader(read, mem_size)
+    zone ends. None when no layout fits (no DBGC header at the start).
+
+    A layout is dropped as soon as one zone start it needs has no header, before its
+    other sizes are tried: the area after the dmesg zones starts where they end, and a
+    second dmesg zone (or that area) starts within `[record_size, 2 * record_size)`, so
+    a sparse image's holes (`next_data`) rule out most record sizes unread."""
+    headers = _HeaderReader(read, mem_size, next_data)
     if headers.get(0) is None:
         return None
     sizes = [0] + [1 << k for k in range(_DETECT_MIN_SIZE.bit_length() - 1,
@@ -161,23 +169,34 @@ def detect_layout(read: Callable[[int, int], bytes], mem_size: int, *,
         if console + ftrace + pmsg < mem_size:
             areas.setdefault(console + ftrace + pmsg, []).append((console, ftrace, pmsg))
     best: _Candidate | None = None
-    for record, (rest, splits) in itertools.product(records, areas.items()):
-        dmesg = headers.dmesg_zones(mem_size - rest, record)
-        if dmesg is None:
-            continue
-        end = dmesg[-1][0] + dmesg[-1][1] if dmesg else 0
-        fit = sum(headers.dmesg_fit(offset) for offset, _ in dmesg)
-        for console, ftrace, pmsg in splits:
-            for cpu_count in cpus if ftrace else [1]:
-                zones = headers.areas(end, console, ftrace, pmsg, cpu_count)
-                if zones is None or (not dmesg and not zones):
-                    continue
-                layout = RamoopsGeometry(mem_size, record if dmesg else 0, console, ftrace,
-                                       pmsg, nr_cpus=cpu_count)
-                found = _Candidate(layout, len(dmesg) + zones, fit,
-                                   (console > 0) + (ftrace > 0) + (pmsg > 0))
-                if best is None or found.score > best.score:
-                    best = found
+    for record in records:
+        # a dmesg zone is `mem / cnt` made even: `record - 1` to `2 * record - 1` bytes, so
+        # the second one, or the area after a single one, starts there; with no header
+        # in that range, only the whole region as one dmesg zone can fit
+        alone = bool(record) and headers.none_from(record - 1, 2 * record)
+        for rest, splits in areas.items():
+            if alone and rest:
+                continue
+            dmesg = headers.dmesg_zones(mem_size - rest, record)
+            if dmesg is None:
+                continue
+            end = dmesg[-1][0] + dmesg[-1][1] if dmesg else 0
+            if rest and headers.get(end) is None:
+                continue  # whichever area comes first starts at `end`
+            fit = sum(headers.dmesg_fit(offset) for offset, _ in dmesg)
+            for console, ftrace, pmsg in splits:
+                if ftrace and not headers.signed(end + console, PstoreType.FTRACE):
+                    continue  # CPU 0's ftrace zone starts there, whatever the count
+                for cpu_count in cpus if ftrace else [1]:
+                    zones = headers.areas(end, console, ftrace, pmsg, cpu_count)
+                    if zones is None or (not dmesg and not zones):
+                        continue
+                    layout = RamoopsGeometry(mem_size, record if dmesg else 0, console,
+                                             ftrace, pmsg, nr_cpus=cpu_count)
+                    found = _Candidate(layout, len(dmesg) + zones, fit,
+                                       (console > 0) + (ftrace > 0) + (pmsg > 0))
+                    if best is None or found.score > best.score:
+                        best = found
     if best is None:
         return None
     ecc_size = (16 if ecc == 1 else ecc) if ecc is not None else headers.ecc(best.layout)
@@ -185,11 +204,13 @@ def detect_layout(read: Callable[[int, int], bytes], mem_size: int, *,
 
 
 class _HeaderReader:
-    """Zone headers of the region, each read once."""
+    """Zone headers of the region, each read once; none read in a hole (`next_data`)."""
 
-    def __init__(self, read: Callable[[int, int], bytes], mem_size: int) -> None:
+    def __init__(self, read: Callable[[int, int], bytes], mem_size: int,
+                 next_data: NextData | None = None) -> None:
         self._read = read
         self.mem_size = mem_size
+        self._next_data = next_data
         self._cache: dict[int, RamBuffer | None] = {}
         head = sig_word(self._raw(0, PERSISTENT_RAM_BUFFER_SIZE))
         self.little_endian = vote_little_endian([(head, PERSISTENT_RAM_SIG.__eq__)])
@@ -205,23 +226,36 @@ class _HeaderReader:
         version code) with `start <= size` within the region."""
         if offset not in self._cache:
             raw = self._raw(offset, PERSISTENT_RAM_BUFFER_SIZE) if (
-                offset + PERSISTENT_RAM_BUFFER_SIZE <= self.mem_size) else b""
+                offset + PERSISTENT_RAM_BUFFER_SIZE <= self.mem_size
+                and not self.none_from(offset, offset + 1)) else b""
             buffer = parse_buffer(raw, offset, little_endian=self.little_endian) if len(
                 raw) == PERSISTENT_RAM_BUFFER_SIZE else None
             self._cache[offset] = buffer if buffer and buffer.valid(self.mem_size) and (
                 sig_matches(PstoreType.FTRACE, buffer.sig)) else None
         return self._cache[offset]
 
-    def fits(self, offset: int, size: int, ptype: PstoreType) -> bool:
-        """Whether a zone of `ptype` and `size` at `offset` has its header. An ftrace
+    def none_from(self, start: int, stop: int) -> bool:
+        """Whether no header can start in `[start, stop)`: its signature, never all
+        zeros, would lie in a hole (False where the holes are not known)."""
+        return self._next_data is not None and in_hole(
+            self._next_data, start, stop - start + SIGNATURE_SIZE - 1)
+
+    def signed(self, offset: int, ptype: PstoreType) -> bool:
+        """Whether the header at `offset` has the signature of a `ptype` zone. An ftrace
         signature must hold a real version code (3.0 on), not plain DBGC."""
         buffer = self.get(offset)
-        if buffer is None or buffer.size > size - PERSISTENT_RAM_BUFFER_SIZE:
+        if buffer is None:
             return False
         version = buffer.sig ^ PERSISTENT_RAM_SIG
         if ptype is PstoreType.FTRACE:
             return sig_matches(ptype, buffer.sig) and version >= _MIN_FTRACE_VERSION
         return version == 0
+
+    def fits(self, offset: int, size: int, ptype: PstoreType) -> bool:
+        """Whether a zone of `ptype` and `size` at `offset` has its header."""
+        buffer = self.get(offset)
+        return (buffer is not None and buffer.size <= size - PERSISTENT_RAM_BUFFER_SIZE
+                and self.signed(offset, ptype))
 
     def dmesg_zones(self, dump_mem_sz: int, record_size: int) -> list[tuple[int, int]] | None:
         """The dmesg zones `ramoops_init_przs` cuts, if each has its header."""

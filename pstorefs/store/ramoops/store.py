@@ -63,7 +63,7 @@ from pstorefs.store.base import (
     partial_states,
 )
 from pstorefs.store.config import StoreConfig
-from pstorefs.store.device import Device
+from pstorefs.store.device import Device, data_slots
 from pstorefs.store.ramoops.detect import find_layout
 from pstorefs.store.ramoops.layout import RamoopsGeometry
 
@@ -125,7 +125,10 @@ class RamoopsStore(Store):
         self._codec = rs_codec(layout.ecc_size) if layout.ecc_size else None
         self._ecc_counts: dict[Record, tuple[int, int]] = {}
         self.little_endian = abi.little_endian if abi else self._little_endian()
-        self._przs = {zone: prz for zone in self.zones if (prz := self._probe(zone))}
+        # with ECC, the parity at a zone's end may restore a header that reads as zeros
+        probed = self.zones.dmesg_size if self._codec else PERSISTENT_RAM_BUFFER_SIZE
+        self._przs = {zone: prz for zone in self._zones_with_data(probed)
+                      if (prz := self._probe(zone))}
         self.abi = abi or self._detect_abi()
         self._records = self._recover()
         self._keep_slots(len(self._records))
@@ -147,10 +150,19 @@ class RamoopsStore(Store):
                 f"{len(self.zones)} zones, {len(self._records)} records")
 
     # -- listing ----------------------------------------------------------------
+    def _zones_with_data(self, length: int) -> Iterator[Zone]:
+        """The zones in order, but the dmesg zones whose first `length` bytes lie in a
+        hole of a sparse image: zeros, no header, not read (an image of a large region
+        has millions of zones)."""
+        zones = self.zones
+        yield from map(zones.dmesg, data_slots(self.device.next_data, zones.dmesg_count, 0,
+                                               zones.dmesg_size, length))
+        yield from zones.tail
+
     def _little_endian(self) -> bool:
         """The writer's byte order, from the signatures at the zone starts."""
         def words() -> Iterator[tuple[bytes, Callable[[int], bool]]]:
-            for zone in self.zones:
+            for zone in self._zones_with_data(4):
                 try:
                     header = self.device.read(zone.offset, PERSISTENT_RAM_BUFFER_SIZE)
                     yield sig_word(header), partial(sig_matches, zone.type)
@@ -227,8 +239,8 @@ class RamoopsStore(Store):
     def _recover(self) -> list[Record]:
         """The records in `ramoops_pstore_read`'s order: dmesg zones, console, pmsg,
         then ftrace (its per-CPU zones as one record)."""
-        records = [record for zone in self.zones if zone.type is PstoreType.DMESG
-                   and zone in self._przs and (record := self._dmesg_record(self._przs[zone]))]
+        records = [record for zone, prz in self._przs.items() if zone.type is PstoreType.DMESG
+                   and (record := self._dmesg_record(prz))]
         for ptype in (PstoreType.CONSOLE, PstoreType.PMSG, PstoreType.FTRACE):
             przs = [prz for prz in self._przs.values() if prz.zone.type is ptype]
             if przs:
@@ -354,7 +366,7 @@ class RamoopsStore(Store):
     def _bufsize(self) -> int:
         """`psinfo->bufsize`, the first dmesg zone's data capacity: Linux 6.6+ inflates
         into three times it."""
-        first = next(z for z in self.zones if z.type is PstoreType.DMESG)
+        first = self.zones.dmesg(0)
         return ecc_geometry(first.size, self.geometry.ecc_size).buffer_size
 
     def _ftrace_text(self, record: Record) -> tuple[bytes, int, int]:

@@ -34,16 +34,19 @@ import dataclasses
 from pstorefs.errors import PstoreError
 from pstorefs.format.consts import PstoreType, ZoneFormat
 from pstorefs.format.zone import HEADER_PROBE
+from pstorefs.store.device import NextData
 from pstorefs.store.zone.infer import Detection, infer_layout
 from pstorefs.store.zone.layout import SZ_128M, Geometry
 from pstorefs.store.zone.scan import Reader, parse_hit, peeker, scan
 
 
 def detect(read: Reader, size: int, *, nr_cpus: int | None = None,
-           format: ZoneFormat | None = None, erasesize: int | None = None) -> Detection:
-    """The layout of a source given no size option: scan, infer, and the 128 MiB cap."""
-    found = infer_layout(scan(read, min(size, SZ_128M)), size, nr_cpus=nr_cpus, format=format,
-                         peek=peeker(read, size), erasesize=erasesize)
+           format: ZoneFormat | None = None, erasesize: int | None = None,
+           next_data: NextData | None = None) -> Detection:
+    """The layout of a source given no size option: scan (skipping the holes `next_data`
+    tells of), infer, and the 128 MiB cap."""
+    found = infer_layout(scan(read, min(size, SZ_128M), next_data), size, nr_cpus=nr_cpus,
+                         format=format, peek=peeker(read, size), erasesize=erasesize)
     return uncap(read, found, size)
 
 
@@ -62,11 +65,14 @@ def zone_format_at_start(read: Reader, size: int) -> ZoneFormat | None:
 def records_beyond_cap(read: Reader, geometry: Geometry, size: int) -> bool:
     """Whether a 5.8-5.10 kernel wrote dmesg zones past the 128 MiB that 5.11 and later
     use: then the first zone past the cap holds a header (the zones are written in
-    order, so a record further on implies one there)."""
-    if not geometry.capped or size <= SZ_128M or not geometry.kmsg_size:
+    order, so a record further on implies one there). One read, whatever the size: the
+    blkoops RFC had no cap to lift."""
+    if (not geometry.capped or geometry.format is ZoneFormat.BLKOOPS or size <= SZ_128M
+            or not geometry.kmsg_size):
         return False
-    capped = [z for z in geometry.zones(size) if z.type is PstoreType.DMESG]
-    first = (capped[-1].offset + capped[-1].size) if capped else SZ_128M
+    zones = geometry.zones(size)
+    last = zones.dmesg(zones.dmesg_count - 1)
+    first = last.offset + last.size
     if first + geometry.kmsg_size > size:
         return False
     try:
@@ -81,5 +87,5 @@ def uncap(read: Reader, found: Detection, size: int) -> Detection:
     if not records_beyond_cap(read, found.geometry, size):
         return found
     note = (f"dmesg zones past 128 MiB hold records (a Linux 5.8-5.10 writer): the whole "
-            f"{size >> 20} MiB are read")
+            f"{size >> 20} MiB are used")
     return Detection(dataclasses.replace(found.geometry, capped=False), (*found.assumed, note))

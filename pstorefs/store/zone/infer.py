@@ -222,9 +222,9 @@ def _check_leading_gap(start: int, kmsg: int, fronts: Sequence[Hit], peek: Peek)
 
 def _check(geometry: Geometry, hits: Sequence[Hit], size: int) -> None:
     """Every header found sits at a zone start of its type, its data within the zone."""
-    zones = {zone.offset: zone for zone in geometry.zones(size)}
+    zones = geometry.zones(size)
     for hit in hits:
-        zone = zones.get(hit.offset)
+        zone = zones.at(hit.offset)
         if zone is None or zone.type is not hit.type or hit.end > zone.offset + zone.size:
             raise GeometryError(f"no layout of the kernel's puts a zone start under every "
                                 f"header found (the {hit.describe()} does not fit "

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pstorefs.errors import GeometryError
@@ -69,8 +68,17 @@ class ZoneList(LazySequence[Zone]):
         offset, size, header_size = self._dmesg
         return Zone(PstoreType.DMESG, index, offset + index * size, size, header_size)
 
-    def dmesg_zones(self) -> Iterator[Zone]:
-        return map(self.dmesg, range(self.dmesg_count))
+    def at(self, offset: int) -> Zone | None:
+        """The zone that starts at `offset`, if one does: worked out, not searched for
+        among the millions of zones of a whole disk without the cap."""
+        for zone in self.rings:
+            if zone.offset == offset:
+                return zone
+        start, size, _ = self._dmesg
+        if not size or offset < start or (offset - start) % size:
+            return None
+        index = (offset - start) // size
+        return self.dmesg(index) if index < self.dmesg_count else None
 
     def __len__(self) -> int:
         return len(self.rings) + self.dmesg_count

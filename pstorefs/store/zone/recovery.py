@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, vote_little_endian, zone_sig
-from pstorefs.format.zone import dmesg_probe_format, sig_word
+from pstorefs.format.zone import dmesg_probe_format, opens_with_signature, sig_word
 from pstorefs.store.base import Record, Zone
-from pstorefs.store.device import Device
+from pstorefs.store.device import Device, data_slots
 from pstorefs.store.lazy import LazySequence
 from pstorefs.store.zone.layout import ZoneList
 
@@ -26,21 +26,26 @@ _KMSG_PROBE = PSZ_BUFFER_SIZE + max(abi.kmsg_header_size for abi in ABIS.values(
 
 @dataclasses.dataclass
 class Probes:
-    """What opening read at each zone's start: the ring zones' by zone, the dmesg
-    zones' by index (None where unreadable). Kept only while the store opens."""
+    """What opening read at each zone's start: the ring zones' by zone, and the dmesg
+    zones' by index where they open with a dmesg signature (either byte order), which
+    every verdict on a dmesg zone asks for first: zeros, erased flash and unreadable
+    zones are not kept, as a whole disk without the cap has millions. Kept only while
+    the store opens."""
 
     zones: ZoneList
     rings: dict[Zone, bytes]
-    dmesg: list[bytes | None]
+    dmesg: dict[int, bytes]
 
     def dmesg_items(self) -> Iterator[tuple[Zone, bytes]]:
-        return ((self.zones.dmesg(index), raw) for index, raw in enumerate(self.dmesg)
-                if raw is not None)
+        return ((self.zones.dmesg(index), raw) for index, raw in self.dmesg.items())
 
     @classmethod
-    def read(cls, device: Device, zones: ZoneList) -> Probes:
+    def read(cls, device: Device, zones: ZoneList, *, until_unsigned: bool = False) -> Probes:
         """The first bytes of every zone (`_KMSG_PROBE` of a dmesg zone, the header of
-        the others); a zone that cannot be read is skipped, and said."""
+        the others); a zone that cannot be read is skipped, and said. A dmesg zone in a
+        hole of a sparse image is zeros, and is not read. `until_unsigned`: the dmesg
+        zones end at the first one without a signature, as the blkoops RFC's recovery
+        ends (its zones are used in order from 0)."""
         def probe(zone: Zone) -> bytes | None:
             length = _KMSG_PROBE if zone.type is PstoreType.DMESG else PSZ_BUFFER_SIZE
             try:
@@ -50,14 +55,28 @@ class Probes:
                           zone.index, zone.offset, exc)
                 return None
 
-        return cls(zones, {zone: raw for zone in zones.rings if (raw := probe(zone)) is not None},
-                   [probe(zone) for zone in zones.dmesg_zones()])
+        rings = {zone: raw for zone in zones.rings if (raw := probe(zone)) is not None}
+        dmesg: dict[int, bytes] = {}
+        if not zones.dmesg_count:
+            return cls(zones, rings, dmesg)
+        first = zones.dmesg(0)
+        slots = data_slots(device.next_data, zones.dmesg_count, first.offset, first.size,
+                           min(_KMSG_PROBE, first.size))
+        for expected, index in enumerate(slots):
+            if until_unsigned and index != expected:
+                break  # the zone before lies in a hole: zeros, no signature
+            raw = probe(zones.dmesg(index))
+            if raw is not None and opens_with_signature(raw, PstoreType.DMESG):
+                dmesg[index] = raw
+            elif raw is not None and until_unsigned:
+                break
+        return cls(zones, rings, dmesg)
 
     def little_endian(self) -> bool:
         """The writer's byte order, from the signatures at the zone starts (all zone.c
         structs are host-endian, the zone header included)."""
         dmesg = zone_sig(PstoreType.DMESG).__eq__
-        return vote_little_endian([*((sig_word(raw), dmesg) for raw in self.dmesg if raw),
+        return vote_little_endian([*((sig_word(raw), dmesg) for raw in self.dmesg.values()),
                                    *((sig_word(raw), zone_sig(zone.type).__eq__)
                                      for zone, raw in self.rings.items())])
 
@@ -65,8 +84,8 @@ class Probes:
         """(zone index, `sig`, `datalen`, the dmesg header's `magic`, the bytes) of each
         dmesg zone read, without a zone object or a header object each."""
         fields = dmesg_probe_format(order, self.zones.dmesg(0).header_size)
-        return ((index, *fields.unpack_from(raw), raw) for index, raw in enumerate(self.dmesg)
-                if raw is not None and len(raw) >= fields.size)
+        return ((index, *fields.unpack_from(raw), raw) for index, raw in self.dmesg.items()
+                if len(raw) >= fields.size)
 
     def items(self) -> Iterator[tuple[Zone, bytes]]:
         yield from self.rings.items()

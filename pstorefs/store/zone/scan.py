@@ -3,8 +3,8 @@
 pstore/zone's headers are the only marks it leaves: a signature (`DBGC` XOR the zone's
 type, in the writer's byte order) and `datalen`/`start`; a dmesg zone's dmesg header
 (its `magic`) follows. The scan searches the bytes for the signatures, skipping the
-data each header claims, and stops once what it found can only fix the layout or be
-refused. It only reads.
+data each header claims and the holes of a sparse image, and stops once what it found
+can only fix the layout or be refused. It only reads.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pstorefs.errors import PstoreError
 from pstorefs.format.consts import MAX_CPUS, PstoreType, ZoneFormat
 from pstorefs.format.zone import HEADER_PROBE, SIGNATURE, SIGNATURE_SIZE, parse_found_header
+from pstorefs.store.device import NextData, no_holes
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +87,27 @@ def parse_hit(buf: bytes, at: int, offset: int, size: int) -> Hit | None:
     return Hit(offset, found.type, found.datalen, start, header, found.little_endian)
 
 
-def scan(read: Reader, size: int) -> list[Hit]:
+def scan(read: Reader, size: int, next_data: NextData | None = None) -> list[Hit]:
     """Every zone header on the source up to `size`, in offset order.
 
     Zone starts need not be aligned (ftrace zones are `ftrace_size / nr_cpus` bytes), so
     the bytes are searched for the signatures, in large reads. The data a header claims
-    is not searched (a record's bytes may hold anything), and the scan stops once a few
-    dmesg headers fix the zone size. The cost is the part of the partition no record
-    covers, read once: at most the 128 MiB the kernel uses, for a nearly empty one.
+    is not searched (a record's bytes may hold anything), nor the holes `next_data`
+    tells of (zeros hold no signature), and the scan stops once a few dmesg headers fix
+    the zone size. The cost is the part of the partition no record covers, read once:
+    at most the 128 MiB the kernel uses, for a nearly empty device; a sparse image's
+    holes cost nothing.
     """
+    runs = next_data or no_holes(size)
     hits: list[Hit] = []
-    skip = pos = 0
+    skip = pos = data_end = 0
     dmesg = 0
     while pos < size:
+        if pos >= data_end:
+            run = runs(pos)
+            if run is None or run[0] >= size:
+                break
+            pos, data_end = max(pos, run[0]), run[1]
         length = min(_SCAN_CHUNK, size - pos)
         try:
             buf = read(pos, min(length + HEADER_PROBE, size - pos))

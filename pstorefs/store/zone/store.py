@@ -78,7 +78,8 @@ def find_layout(device: Device, config: StoreConfig, *,
             geometry = dataclasses.replace(geometry, format=found or ZoneFormat.ZONE)
         return uncap(device.read, Detection(geometry), device.size)
     found = detect(device.read, device.size, nr_cpus=config.nr_cpus,
-                   format=config.zone_format, erasesize=erasesize)
+                   format=config.zone_format, erasesize=erasesize,
+                   next_data=device.next_data)
     log.info("%s: layout detected: %s", device.path, found.geometry.mount_options())
     for note in found.assumed:
         log.warning("%s: %s", device.path, note)
@@ -121,7 +122,8 @@ class ZoneStore(Store):
         self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
-        probes = Probes.read(device, self.zones)
+        probes = Probes.read(device, self.zones,
+                             until_unsigned=geometry.format is ZoneFormat.BLKOOPS)
         self._byte_order = abi or byte_order_abi(probes.little_endian())
         if abi is None:
             abi, note = self._detect_abi(probes)
