@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 from helpers.cases import case_by_id
 from pstorefs.codecs import compression as decompress_module
 from pstorefs.codecs import sw842
-from pstorefs.codecs.compression import CODECS, _zstd_stdlib, _zstd_zstandard, decompress
+from pstorefs.codecs.compression import (
+    _ZSTD_MAGIC,
+    CODECS,
+    _zstd_stdlib,
+    _zstd_zstandard,
+    decompress,
+)
 from pstorefs.store import StoreConfig, open_store
 
 try:
@@ -412,6 +418,16 @@ def test_kernel_deflate_fixture_reads_as_before() -> None:
 ZSTD_DECODERS = {"stdlib": _zstd_stdlib, "zstandard": _zstd_zstandard}
 
 
+def empty_declared_bomb(blocks: int = 64) -> bytes:
+    """A frame that declares no content (single segment, content size 0), then RLE
+    blocks of 128 KiB of zeros: the case python-zstandard's decompress() returns
+    without decoding, so only libzstd's own checks bound the second pass."""
+    header = _ZSTD_MAGIC + bytes([0x20, 0])
+    def rle(last: int) -> bytes:
+        return (last | 1 << 1 | (128 << 10) << 3).to_bytes(3, "little") + b"\0"
+    return header + rle(0) * (blocks - 1) + rle(1)
+
+
 def zstd_cases() -> list[tuple[str, bytes, int, bytes | None]]:
     """(id, frame, limit, the text or None): the kernels' frames above and the ways
     they are refused, and frames that python-zstandard's own compressor writes."""
@@ -429,6 +445,7 @@ def zstd_cases() -> list[tuple[str, bytes, int, bytes | None]]:
              ("empty", empty, LIMIT, b""), ("empty-cut", empty[:-1], LIMIT, None),
              ("empty-garbage", empty + b"x", LIMIT, None),
              ("bomb", bomb, LIMIT, None), ("bomb-real", bomb, BOMB_SIZE, bytes(BOMB_SIZE)),
+             ("bomb-declared-empty", empty_declared_bomb(), BOMB_SIZE, None),
              ("two-frames", new + new, LIMIT, None), ("not-zstd", stream("lz4"), LIMIT, None)]
     for frame_id, frame in (("unsized", old), ("sized", new)):
         cases += [(f"{frame_id}-cut-{keep}", frame[:keep], LIMIT, None)
@@ -456,7 +473,8 @@ def test_zstandard_decodes_through_decompress(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.parametrize("bomb", [zstd.compress(bytes(BOMB_SIZE), 3),
-                                  unsized_zstd(bytes(BOMB_SIZE), 21)], ids=["sized", "unsized"])
+                                  unsized_zstd(bytes(BOMB_SIZE), 21), empty_declared_bomb()],
+                         ids=["sized", "unsized", "declared-empty"])
 def test_zstandard_bombs_stop_at_the_limit(bomb: bytes) -> None:
     tracemalloc.start()
     try:
