@@ -23,6 +23,11 @@ every decoder stops producing output after `limit` (+ 1) bytes, so a decompressi
 bomb costs no more memory than a legitimate record (zstd's decoder may also need the
 window buffer that a kernel frame declares: 2 MiB for a 5.8-5.15 frame without a
 content size, at most the power of two above `limit` otherwise).
+
+zstd is decoded by the standard library's `compression.zstd` (Python 3.14+) or its
+backport `backports.zstd` where either is importable, else by python-zstandard, the one
+Debian 12 ships (python3-zstandard 0.20) and so the one pyproject.toml declares: a
+Debian package then needs nothing from outside Debian. Both give the same verdicts.
 """
 
 from __future__ import annotations
@@ -33,10 +38,19 @@ from collections.abc import Callable
 import lz4.block
 import lzo
 
-try:  # Python 3.14+ has Zstandard in the standard library
+try:  # Python 3.14+ has Zstandard in the standard library; older ones may have its backport
     from compression import zstd
 except ImportError:
-    from backports import zstd
+    try:
+        from backports import zstd
+    except ImportError:
+        zstd = None  # type: ignore[assignment]
+try:  # declared for Python < 3.14: the zstd module Debian 12 ships
+    import zstandard
+except ImportError:
+    zstandard = None  # type: ignore[assignment]
+if zstd is None and zstandard is None:
+    raise ImportError("pstorefs needs a zstd decoder: install zstandard (or backports.zstd)")
 
 from pstorefs.codecs import sw842
 from pstorefs.format.consts import DUMP_HEADER
@@ -67,13 +81,17 @@ def _deflate(data: bytes, limit: int) -> bytes | None:
 _ZSTD_WINDOW_LOG = 21
 
 
-def _zstd(data: bytes, limit: int) -> bytes | None:
+def _zstd_window_log(limit: int, low: int, high: int) -> int:
+    """The largest window a frame may declare: the kernel's, or `limit`'s power of two."""
+    return min(max(limit.bit_length(), _ZSTD_WINDOW_LOG, low), high)
+
+
+def _zstd_stdlib(data: bytes, limit: int) -> bytes | None:
     """Exactly one frame and nothing after it, as ZSTD_compressCCtx writes; a frame
     that declares more content than `limit` is refused before decoding."""
     if not data.startswith(_ZSTD_MAGIC):
         return None
-    low, high = zstd.DecompressionParameter.window_log_max.bounds()
-    window_log = min(max(limit.bit_length(), _ZSTD_WINDOW_LOG, low), high)
+    window_log = _zstd_window_log(limit, *zstd.DecompressionParameter.window_log_max.bounds())
     try:
         size = zstd.get_frame_info(data).decompressed_size
         if size is not None and size > limit:
@@ -84,6 +102,29 @@ def _zstd(data: bytes, limit: int) -> bytes | None:
     except zstd.ZstdError:
         return None
     return out if decoder.eof and not decoder.unused_data and len(out) <= limit else None
+
+
+def _zstd_zstandard(data: bytes, limit: int) -> bytes | None:
+    """_zstd_stdlib's verdicts through python-zstandard. Its one-shot decompress() is
+    the bounded one: it allocates a frame's declared size (refused first if over
+    `limit`) or `max_output_size`, and fails rather than write past it; but it ignores
+    what follows the frame, and returns a frame that declares no content unread. So a
+    decompressobj, which reports both (`unused_data`, `eof`) but has no output bound,
+    runs second, on a frame now known to fit."""
+    if not data.startswith(_ZSTD_MAGIC):
+        return None
+    window_log = _zstd_window_log(limit, zstandard.WINDOWLOG_MIN, zstandard.WINDOWLOG_MAX)
+    try:
+        size = zstandard.get_frame_parameters(data).content_size
+        if size != zstandard.CONTENTSIZE_UNKNOWN and size > limit:
+            return None
+        decoder = zstandard.ZstdDecompressor(max_window_size=1 << window_log)
+        out = decoder.decompress(data, max_output_size=limit + 1)
+        frame = decoder.decompressobj()
+        frame.decompress(data)
+    except zstandard.ZstdError:
+        return None
+    return out if frame.eof and not frame.unused_data and len(out) <= limit else None
 
 
 def _lzo(data: bytes, limit: int) -> bytes | None:
@@ -104,7 +145,8 @@ def _lz4(data: bytes, limit: int) -> bytes | None:
 
 
 _DECODERS: dict[str, Callable[[bytes, int], bytes | None]] = {
-    "deflate": _deflate, "zstd": _zstd, "lzo": _lzo, "lz4": _lz4, "842": sw842.decompress,
+    "deflate": _deflate, "zstd": _zstd_stdlib if zstd is not None else _zstd_zstandard,
+    "lzo": _lzo, "lz4": _lz4, "842": sw842.decompress,
 }
 
 

@@ -9,6 +9,7 @@ serving on any exception that is not a FUSEError.
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -30,6 +31,12 @@ from pstorefs.store import Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+ABANDON_ON_CANCEL = ("abandon_on_cancel" if "abandon_on_cancel"
+                     in inspect.signature(trio.to_thread.run_sync).parameters else "cancellable")
+"""The name of trio.to_thread.run_sync's argument that lets a cancelled call return
+while its thread runs on: `cancellable` until trio 0.23 (Debian 12 ships 0.22), then
+`abandon_on_cancel` (later versions dropped the old name)."""
 
 ERRNOS: dict[type[PstoreError], int] = {
     UsageError: errno.EINVAL,
@@ -69,7 +76,7 @@ async def in_thread(store: Store, func: Callable[..., T], *args: object,
     """Run a blocking call of `store` in a worker thread, so the event loop keeps
     answering; its errors become the FUSEError the request answers with, logged."""
     try:
-        return await trio.to_thread.run_sync(func, *args, abandon_on_cancel=abandon_on_cancel)
+        return await trio.to_thread.run_sync(func, *args, **{ABANDON_ON_CANCEL: abandon_on_cancel})
     except PstoreError as exc:
         log.error("%s", exc)
         raise pyfuse3.FUSEError(errno_of(exc)) from None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pstorefs.fs.errors import logged
+from pstorefs.fs.errors import ABANDON_ON_CANCEL, logged
 from pstorefs.store import Record, Store
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ async def decode_ahead(store: Store, records: Iterable[Record], *,
             with contextlib.suppress(Exception):
                 decode(record)
 
-    in_thread = functools.partial(trio.to_thread.run_sync, abandon_on_cancel=True)
+    in_thread = functools.partial(trio.to_thread.run_sync, **{ABANDON_ON_CANCEL: True})
     try:
         async with trio.open_nursery() as nursery:
             for n in range(min(DECODE_THREADS, len(missing))):

@@ -24,13 +24,20 @@ from hypothesis import strategies as st
 from helpers.cases import case_by_id
 from pstorefs.codecs import compression as decompress_module
 from pstorefs.codecs import sw842
-from pstorefs.codecs.compression import CODECS, decompress
+from pstorefs.codecs.compression import (
+    _ZSTD_MAGIC,
+    CODECS,
+    _zstd_stdlib,
+    _zstd_zstandard,
+    decompress,
+)
 from pstorefs.store import StoreConfig, open_store
 
 try:
     from compression import zstd
 except ImportError:
     from backports import zstd
+import zstandard  # the fallback decoder, which Debian 12 ships: tested beside the stdlib's
 
 CASE = case_by_id("kmsg-deflate-3oops")
 # A kernel-written dmesg text (Linux 6.1), beginning "Oops#1 Part1\n".
@@ -404,3 +411,89 @@ def test_kernel_deflate_fixture_reads_as_before() -> None:
             names.add(name)
             assert store.read(record) == files[name], name
         assert names == set(files)
+
+
+# zstd through both decoders: the standard library's (or its backport), which
+# pstorefs takes where importable, and python-zstandard's, its fallback (Debian 12's).
+ZSTD_DECODERS = {"stdlib": _zstd_stdlib, "zstandard": _zstd_zstandard}
+
+
+def empty_declared_bomb(blocks: int = 64) -> bytes:
+    """A frame that declares no content (single segment, content size 0), then RLE
+    blocks of 128 KiB of zeros: the case python-zstandard's decompress() returns
+    without decoding, so only libzstd's own checks bound the second pass."""
+    header = _ZSTD_MAGIC + bytes([0x20, 0])
+    def rle(last: int) -> bytes:
+        return (last | 1 << 1 | (128 << 10) << 3).to_bytes(3, "little") + b"\0"
+    return header + rle(0) * (blocks - 1) + rle(1)
+
+
+def zstd_cases() -> list[tuple[str, bytes, int, bytes | None]]:
+    """(id, frame, limit, the text or None): the kernels' frames above and the ways
+    they are refused, and frames that python-zstandard's own compressor writes."""
+    old, new = unsized_zstd(TEXT, 21), stream("zstd")
+    packer = zstandard.ZstdCompressor(level=3, write_content_size=False)
+    empty = stream("zstd", b"")
+    bomb = unsized_zstd(bytes(BOMB_SIZE), 21)
+    cases = [("unsized", old, LIMIT, TEXT), ("sized", new, LIMIT, TEXT),
+             ("unsized-exact", old, len(TEXT), TEXT), ("sized-exact", new, len(TEXT), TEXT),
+             ("unsized-over", old, len(TEXT) - 1, None), ("sized-over", new, len(TEXT) - 1, None),
+             ("unsized-limit-0", old, 0, None), ("negative-limit", new, -1, None),
+             ("window-22", unsized_zstd(TEXT, 22), LIMIT, None),
+             ("zstandard-unsized", packer.compress(TEXT), LIMIT, TEXT),
+             ("zstandard-sized", zstandard.ZstdCompressor(level=3).compress(TEXT), LIMIT, TEXT),
+             ("empty", empty, LIMIT, b""), ("empty-cut", empty[:-1], LIMIT, None),
+             ("empty-garbage", empty + b"x", LIMIT, None),
+             ("bomb", bomb, LIMIT, None), ("bomb-real", bomb, BOMB_SIZE, bytes(BOMB_SIZE)),
+             ("bomb-declared-empty", empty_declared_bomb(), BOMB_SIZE, None),
+             ("two-frames", new + new, LIMIT, None), ("not-zstd", stream("lz4"), LIMIT, None)]
+    for frame_id, frame in (("unsized", old), ("sized", new)):
+        cases += [(f"{frame_id}-cut-{keep}", frame[:keep], LIMIT, None)
+                  for keep in (0, 4, 6, len(frame) // 2, len(frame) - 1)]
+        cases += [(f"{frame_id}-tail-{tail.hex()}", frame + tail, LIMIT, None)
+                  for tail in (b"garbage!", b"\x01", bytes(8))]
+    return cases
+
+
+@pytest.mark.parametrize(("frame", "limit", "text"),
+                         [case[1:] for case in zstd_cases()], ids=[c[0] for c in zstd_cases()])
+@pytest.mark.parametrize("decoder", sorted(ZSTD_DECODERS))
+def test_both_zstd_decoders_give_the_same_verdicts(decoder: str, frame: bytes, limit: int,
+                                                   text: bytes | None) -> None:
+    assert ZSTD_DECODERS[decoder](frame, limit) == text
+
+
+def test_zstandard_decodes_through_decompress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where neither compression.zstd nor backports.zstd is importable."""
+    monkeypatch.setitem(decompress_module._DECODERS, "zstd", _zstd_zstandard)
+    assert decompress(unsized_zstd(TEXT, 21), LIMIT) == (TEXT, "zstd")
+    assert decompress(stream("zstd"), LIMIT) == (TEXT, "zstd")
+    assert decompress(stream("zstd", BARE), LIMIT) is None
+    assert decompress(stream("zstd", BARE), LIMIT, "zstd") == (BARE, "zstd")
+
+
+@pytest.mark.parametrize("bomb", [zstd.compress(bytes(BOMB_SIZE), 3),
+                                  unsized_zstd(bytes(BOMB_SIZE), 21), empty_declared_bomb()],
+                         ids=["sized", "unsized", "declared-empty"])
+def test_zstandard_bombs_stop_at_the_limit(bomb: bytes) -> None:
+    tracemalloc.start()
+    try:
+        assert _zstd_zstandard(bomb, LIMIT) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * LIMIT, peak
+
+
+@settings(max_examples=200, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=1,
+                                                                      max_value=255)),
+                      min_size=1, max_size=8),
+       sized=st.booleans(), limit=LIMITS)
+def test_damaged_frames_never_raise_through_zstandard(edits: list[tuple[int, int]],
+                                                      sized: bool, limit: int) -> None:
+    bad = bytearray(stream("zstd") if sized else unsized_zstd(TEXT, 21))
+    for at, xor in edits:
+        bad[4 + at % (len(bad) - 4)] ^= xor  # past the magic, which only selects zstd
+    got = _zstd_zstandard(bytes(bad), limit)
+    assert got is None or len(got) <= limit
