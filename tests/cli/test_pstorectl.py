@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.blockconsole import Console, formatted, lines, save
-from helpers.blockconsole_writer import CACHE_SIZE
+from helpers.blockconsole import wrapped_log
 from helpers.cases import CASES, Case, case_by_id
 from helpers.machine import VENV_BIN, run
 from pstorefs.cli.ctl import JSON_FIELDS
@@ -278,12 +277,7 @@ def test_ctl_list_json_attributes() -> None:
 # -- blockconsole ----------------------------------------------------------------------
 @pytest.fixture
 def written(tmp_path: Path) -> tuple[Path, bytes]:
-    disk = formatted(3)
-    con = Console(disk)
-    while con.bc.round < 1 or con.bc.console_bytes // CACHE_SIZE != 1:
-        con.printk(lines(0, 400))
-    con.fill_tile()
-    return save(disk, tmp_path / "bcon.img"), bytes(con.text[con.starts[2]:])
+    return wrapped_log(tmp_path)
 
 
 def test_pstorectl(written: tuple[Path, bytes]) -> None:

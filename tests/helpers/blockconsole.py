@@ -59,3 +59,14 @@ class Console:
 def save(disk: bytearray, path: Path) -> Path:
     path.write_bytes(disk)
     return path
+
+
+def wrapped_log(tmp_path: Path) -> tuple[Path, bytes]:
+    """A 3-tile device whose log wrapped once, and the text a reader gets back from it
+    (the oldest tile, overwritten, is gone)."""
+    disk = formatted(3)
+    con = Console(disk)
+    while con.bc.round < 1 or con.bc.console_bytes // CACHE_SIZE != 1:
+        con.printk(lines(0, 400))
+    con.fill_tile()
+    return save(disk, tmp_path / "bcon.img"), bytes(con.text[con.starts[2]:])

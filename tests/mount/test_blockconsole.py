@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.blockconsole import UUID, Console, formatted, lines, save
+from helpers.blockconsole import UUID, wrapped_log
 from helpers.blockconsole_writer import CACHE_SIZE
 from helpers.cases import sha256
 from helpers.machine import mounted
@@ -18,12 +18,7 @@ from helpers.machine import mounted
 
 @pytest.fixture
 def written(tmp_path: Path) -> tuple[Path, bytes]:
-    disk = formatted(3)
-    con = Console(disk)
-    while con.bc.round < 1 or con.bc.console_bytes // CACHE_SIZE != 1:
-        con.printk(lines(0, 400))
-    con.fill_tile()
-    return save(disk, tmp_path / "bcon.img"), bytes(con.text[con.starts[2]:])
+    return wrapped_log(tmp_path)
 
 
 def test_mount(written: tuple[Path, bytes], mnt: Path) -> None:

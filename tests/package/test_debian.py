@@ -265,8 +265,10 @@ def help_text(command: object, argv: list[str], capsys: pytest.CaptureFixture[st
 def test_completion_knows_the_commands_and_flags(capsys: pytest.CaptureFixture[str]) -> None:
     completion = COMPLETION.read_text()
     usage = help_text(ctl, ["--help"], capsys)
-    commands = re.search(r"\{([a-z,]+)\}", usage).group(1).split(",")
-    assert f"'{' '.join(commands)} --help --version'" in completion
+    listed = usage.split("positional arguments:", 1)[1].split("options:", 1)[0]
+    commands = re.findall(r"^ {4}([a-z]+) ", listed, re.MULTILINE)
+    assert commands, usage
+    assert f"'{' '.join(commands)} -o --help --version'" in completion
     flags = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", help_text(mount, ["--help"], capsys)
                            .split("options:", 1)[1].split("\n\n", 1)[0])) - {"-h"}
     offered = set(re.search(r"COMPREPLY=\(\$\(compgen -W '(-o -f[^']*)'", completion)
