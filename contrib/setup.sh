@@ -7,14 +7,15 @@
 #
 # Set-up: the system packages (fuse3, libfuse3-dev, pkg-config, a compiler, Python's
 # venv and headers, liblzo2-dev to build python-lzo, systemd for systemd-pstore, attr
-# for getfattr), a virtual environment in .venv with pstorefs and its test tools, and
+# for getfattr, squashfuse and squashfs-tools for bench/run's peers, man-db to check the
+# man pages, e2fsprogs for a foreign filesystem to refuse), a virtual environment in .venv with pstorefs and its test tools, and
 # links of the commands into /usr/local/sbin, where mount(8) and mount.fuse3 (which run
 # with a fixed system PATH) find them.
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
 
-packages="fuse3 libfuse3-dev liblzo2-dev pkg-config gcc python3-venv python3-dev util-linux mount systemd attr squashfuse squashfs-tools"
+packages="fuse3 libfuse3-dev liblzo2-dev pkg-config gcc python3-venv python3-dev util-linux mount systemd attr squashfuse squashfs-tools man-db e2fsprogs"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
