@@ -22,7 +22,7 @@ import trio
 from pstorefs.fs.errors import in_thread, internal_error
 from pstorefs.fs.listing import Files, Listed, Listing, entry_within, kernel_caches_listing
 from pstorefs.fs.read_ahead import ReadAhead
-from pstorefs.store import Entry, Store
+from pstorefs.store import Body, Entry, RangedBody, Store
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,19 @@ class Ownership:
 class OpenFiles:
     """The contents of the open files: one copy per inode however many handles share
     it, kept until the last is released, so that a read is a slice of memory whatever
-    the store's cache dropped meanwhile."""
+    the store's cache dropped meanwhile (or, a `RangedBody`, a range it renders)."""
 
     def __init__(self) -> None:
         self._inodes: dict[int, int] = {}
         """The inode of each handle."""
-        self._bodies: dict[int, tuple[bytes, int]] = {}
+        self._bodies: dict[int, tuple[Body, int]] = {}
         """Each open inode's content and how many handles it has."""
         self._next_fh = 1
 
     def __contains__(self, inode: int) -> bool:
         return inode in self._bodies
 
-    def keep(self, inode: int, body: bytes) -> bool:
+    def keep(self, inode: int, body: Body) -> bool:
         """Keep `body` as the content of `inode` for its handles, unless another open
         kept it first (it won the race for the read): whether this one was kept."""
         if inode in self._bodies:
@@ -107,8 +107,8 @@ class OpenFiles:
         self._inodes[fh] = inode
         return fh
 
-    def read(self, fh: int, off: int, size: int) -> bytes:
-        return self._bodies[self._inodes[fh]][0][off:off + size]
+    def body(self, fh: int) -> Body:
+        return self._bodies[self._inodes[fh]][0]
 
     def release(self, fh: int) -> None:
         inode = self._inodes.pop(fh, None)
@@ -329,17 +329,22 @@ class Operations(pyfuse3.Operations):
             index = self._index(inode)
             self._read_ahead.requested(index)
             record = self._files[index]
-            body = self.store.read(record, wait=False)
+            body = self.store.body(record, wait=False)
             if body is None:
-                body = await in_thread(self.store, self.store.read, record)
-            if self._open.keep(inode, body) and len(body) <= STORE_IN_KERNEL:
+                body = await in_thread(self.store, self.store.body, record)
+            if (self._open.keep(inode, body) and isinstance(body, bytes)
+                    and len(body) <= STORE_IN_KERNEL):
                 _store_in_kernel(inode, body)
         return pyfuse3.FileInfo(fh=self._open.open(inode), keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         """Asked only for what the kernel's page cache lacks: a body too large for
-        `notify_store`, or pages it evicted since."""
-        return self._open.read(fh, off, size)
+        `notify_store`, or pages it evicted since. A ranged body renders the range in
+        a worker thread."""
+        body = self._open.body(fh)
+        if isinstance(body, RangedBody):
+            return await in_thread(self.store, body.read, off, size)
+        return body[off:off + size]
 
     async def release(self, fh: int) -> None:
         self._open.release(fh)

@@ -37,7 +37,7 @@ from pstorefs.codecs.reed_solomon import rs_codec
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi, resolve_abi
 from pstorefs.format.consts import DUMP_HEADER, PstoreType, vote_little_endian
-from pstorefs.format.ftrace import merge_zones, parse_records, render_text
+from pstorefs.format.ftrace import Names, parse_records
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.ramoops import (
     PERSISTENT_RAM_BUFFER_SIZE,
@@ -64,6 +64,7 @@ from pstorefs.store.base import (
 )
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device, data_slots
+from pstorefs.store.ftrace import FtraceText, InMemory, ZoneData
 from pstorefs.store.ramoops.detect import find_layout
 from pstorefs.store.ramoops.layout import RamoopsGeometry
 
@@ -370,12 +371,15 @@ class RamoopsStore(Store):
         return ecc_geometry(first.size, self.geometry.ecc_size).buffer_size
 
     def _ftrace_text(self, record: Record) -> tuple[bytes, int, int]:
-        per_cpu, corrected, bad = [], 0, 0
+        """The ftrace text whole (the ECC notice follows it), and the ECC counts."""
+        zones: list[ZoneData] = []
+        corrected = bad = 0
         for zone in record.zones:
             content, zone_corrected, zone_bad = self._content(self._przs[zone])
-            per_cpu.append(parse_records(self.abi, content))
+            zones.append(InMemory(content))
             corrected, bad = corrected + zone_corrected, bad + zone_bad
-        return render_text(merge_zones(per_cpu), self.symbols), corrected, bad
+        text = FtraceText(self.abi, zones, Names(self.symbols))
+        return text.read(0, text.size), corrected, bad
 
     # -- erase ----------------------------------------------------------------------
     def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:

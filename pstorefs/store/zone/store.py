@@ -20,7 +20,7 @@ from pstorefs.format.consts import (
     reason_name,
     zone_sig,
 )
-from pstorefs.format.ftrace import merge_zones, parse_records, render_text
+from pstorefs.format.ftrace import Names
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.zone import (
     KmsgHeader,
@@ -45,6 +45,7 @@ from pstorefs.store.base import (
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
+from pstorefs.store.ftrace import ErasedRing, FtraceText, RingData, ZoneData
 from pstorefs.store.zone.detect import Detection, detect, uncap, zone_format_at_start
 from pstorefs.store.zone.layout import Geometry, check_source_size, geometry_from_options
 from pstorefs.store.zone.recovery import Listing, Probes
@@ -54,6 +55,12 @@ log = logging.getLogger(__name__)
 
 _RING_TYPES = (PstoreType.FTRACE, PstoreType.PMSG, PstoreType.CONSOLE)
 """After the dmesg zones, the kernel reads ftrace, then pmsg, then console."""
+
+ABI_SAMPLE = 48 << 10
+ABI_SAMPLE_ZONES = 32
+"""ABI detection reads the newest `ABI_SAMPLE` bytes (a multiple of both record sizes,
+16 and 24) of at most `ABI_SAMPLE_ZONES` ftrace zones: a bounded sample, whatever the
+zones' size."""
 
 _FILL = b"\x00\xff"
 """What a zone holds where nothing was written: zeros of a fresh partition, or the 0xFF
@@ -120,6 +127,7 @@ class ZoneStore(Store):
         self.erases_reach_other_records = erasesize is not None  # mtdpstore: a block
         self.geometry = geometry
         self.symbols = symbols
+        self._names = Names(symbols)
         self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
         probes = Probes.read(device, self.zones,
@@ -171,11 +179,24 @@ class ZoneStore(Store):
                         in probes.dmesg_fields(self._byte_order)
                         if sig == zone_sig(PstoreType.DMESG)
                         and 0 < datalen <= first.buffer_size]
-        ftrace_zones = [self._ring_data(zone, self._header(zone, raw))
-                        for zone, raw in probes.rings.items()
-                        if zone.type is PstoreType.FTRACE]
+        ftrace_zones = []
+        for zone, raw in probes.rings.items():
+            header = self._header(zone, raw)
+            if (zone.type is PstoreType.FTRACE and len(ftrace_zones) < ABI_SAMPLE_ZONES
+                    and ring_zone_ok(header, zone.type, zone.buffer_size)):
+                ring = self._ring(zone, header)
+                length = min(ring.size, ABI_SAMPLE)  # the newest records: whole ones
+                try:
+                    ftrace_zones.append(ring.read(ring.size - length, length))
+                except DeviceError as exc:
+                    log.error("%s zone %d: %s", zone.type.file_prefix, zone.index, exc)
         return detect_abi(little_endian=self._byte_order.little_endian, kmsg_headers=kmsg_headers,
-                          ftrace_zones=[data for data in ftrace_zones if data])
+                          ftrace_zones=ftrace_zones)
+
+    def _ring(self, zone: Zone, header: ZoneHeader) -> RingData:
+        """A ring zone's bytes in write order, read by ranges (header as `ring_zone_ok`)."""
+        return RingData(self._read_between_erases, zone.offset + zone.header_size,
+                        header.start, header.datalen)
 
     def _ring_data(self, zone: Zone, header: ZoneHeader) -> bytes | None:
         """A ring zone's bytes in write order, or None if it holds no record."""
@@ -346,19 +367,18 @@ class ZoneStore(Store):
         data = self.device.read(zone.offset + zone.header_size, zone.buffer_size)
         return data.rstrip(_FILL)
 
-    def _ftrace_text(self, record: Record) -> bytes:
-        per_cpu = []
+    def _ftrace_text(self, record: Record) -> FtraceText:
+        """The ftrace file, rendered by ranges as it is read. An erased zone's last
+        record may end in zeros, which erasing stripped: put back."""
+        zones: list[ZoneData] = []
         for zone, raw in zip(record.zones, record.snapshot, strict=True):
             if record.erased:
-                data = self._erased_ring(zone)  # the last record may end in zeros:
-                size = self.abi.ftrace_record_size
-                data = data.ljust(min(-(-len(data) // size) * size, zone.buffer_size), b"\0")
+                zones.append(ErasedRing(self._read_between_erases,
+                                        zone.offset + zone.header_size, zone.buffer_size,
+                                        self.abi.ftrace_record_size, _FILL))
             else:
-                data = self._ring_data(zone, self._header(zone, raw))
-            if data is None:
-                raise DeviceError(f"{self.device.path}: ftrace zone {zone.index} unreadable")
-            per_cpu.append(parse_records(self.abi, data))
-        return render_text(merge_zones(per_cpu), self.symbols)
+                zones.append(self._ring(zone, self._header(zone, raw)))
+        return FtraceText(self.abi, zones, self._names)
 
     # -- erase: psz_pstore_erase -------------------------------------------------------
     def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
