@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import accumulate
-from typing import NamedTuple
 
 from pstorefs.format.abi import Abi, field_span, ftrace_record_format, ftrace_record_struct
 from pstorefs.format.consts import TS_CPU_SHIFT
@@ -80,9 +79,13 @@ def parse_records(abi: Abi, data: bytes) -> list[FtraceRecord]:
             for ip, parent, ts in records]
 
 
-def merge_keys(stamps: Iterable[int], before: int = -1) -> list[int]:
+def merge_keys(stamps: list[int], before: int = -1) -> list[int]:
     """Each record's merge key: the largest timestamp of its zone up to it (`before`:
-    the largest of the records before these)."""
+    the largest of the records before these). Timestamps that rise are their own keys:
+    a sort of what is sorted already is one C pass."""
+    ordered = sorted(stamps)
+    if ordered == stamps and (not ordered or ordered[0] >= before):
+        return ordered
     return list(accumulate(stamps, max, initial=before))[1:]
 
 
@@ -100,64 +103,131 @@ def merge_order(keys: Sequence[Sequence[int]]) -> list[int]:
 def merge_zones(zones: Sequence[Sequence[FtraceRecord]]) -> list[FtraceRecord]:
     """Merge CPU zones in zone order exactly as `pstore_ftrace_combine_log` does."""
     joined = [record for zone in reversed(zones) for record in zone]
-    order = merge_order([merge_keys(r.timestamp for r in zone) for zone in zones])
+    order = merge_order([merge_keys([r.timestamp for r in zone]) for zone in zones])
     return [joined[at] for at in order]
 
 
-class RecordColumns(NamedTuple):
-    """A batch of one zone's records, field by field."""
+@dataclass(frozen=True)
+class _Layout:
+    """Where an ABI's record keeps what the columns are made of."""
 
-    ips: Sequence[int]
-    parents: Sequence[int]
-    cpus: bytes
-    stamps: Sequence[int]
-    """The kernel's timestamps (`pstore_ftrace_read_timestamp`), what the merge compares."""
+    size: int
+    one: str
+    """The struct format of one record, without its byte order."""
+    order: str
     width: int
     """Bytes of an address (`unsigned long`)."""
+    ip_at: int
+    parent_at: int
+    ts_at: int
+    cpu_in_ip_mask: int
+    little_endian: bool
 
-    def __len__(self) -> int:  # type: ignore[override]
-        return len(self.cpus)
-
-    def cut(self, start: int, stop: int) -> RecordColumns:
-        return RecordColumns(self.ips[start:stop], self.parents[start:stop],
-                             self.cpus[start:stop], self.stamps[start:stop], self.width)
+    def byte(self, field_at: int, size: int, significance: int) -> int:
+        """Where the byte of a field of `size` bytes sits that is `significance` bytes
+        from its least significant one."""
+        return field_at + (significance if self.little_endian else size - 1 - significance)
 
 
 @cache
-def _decoding(abi: Abi) -> tuple[int, str, int, int, int, bytes]:
-    """(record size, struct format of one record, where `ts` and the low byte of `ip`
-    are, the size of `ip`, the `cpu_in_ip_mask` table) for `decode_columns`."""
+def _layout(abi: Abi) -> _Layout:
     fmt = ftrace_record_format(abi)
     definition = ftrace_record_struct(abi)
-    ts_at = field_span(definition, "ts")[0]
-    ip_at, ip_size = field_span(definition, "ip")
-    low_ip = ip_at if abi.little_endian else ip_at + ip_size - 1
-    mask = bytes(b & abi.cpu_in_ip_mask for b in range(256))
-    return fmt.size, fmt.format[1:], ts_at, low_ip, ip_size, mask
+    ip_at, width = field_span(definition, "ip")
+    return _Layout(fmt.size, fmt.format[1:], fmt.format[0], width, ip_at,
+                   field_span(definition, "parent_ip")[0], field_span(definition, "ts")[0],
+                   abi.cpu_in_ip_mask, abi.little_endian)
 
 
-def decode_columns(abi: Abi, data: bytes) -> RecordColumns:
-    """The records `data` holds (whole records, in write order) as columns, as
-    `parse_records` decodes them."""
-    size, one, ts_at, low_ip, width, mask = _decoding(abi)
-    count = len(data) // size
-    order = "<" if abi.little_endian else ">"
-    flat = struct.unpack(order + one * count, data[:count * size])
-    ips, parents = flat[0::3], flat[1::3]
-    if abi.cpu_in_ip_mask:
-        return RecordColumns(ips, parents, data[low_ip:count * size:size].translate(mask),
-                             flat[2::3], width)
-    # ts >> 8 and ts & 0xff, by moving bytes: the stamp's 7 bytes into 8 with a zero on top
-    stamps = bytearray(8 * count)
-    if abi.little_endian:
-        cpus = data[ts_at:count * size:size]
-        for k in range(7):
-            stamps[k::8] = data[ts_at + 1 + k:count * size:size]
-    else:
-        cpus = data[ts_at + 7:count * size:size]
-        for k in range(7):
-            stamps[k + 1::8] = data[ts_at + k:count * size:size]
-    return RecordColumns(ips, parents, cpus, struct.unpack(f"{order}{count}Q", stamps), width)
+class Records:
+    """A batch of one zone's whole records (`data`, in write order), decoded field by
+    field when asked, each field of all of them in one C loop: `ips`, `parents`,
+    `cpus` and `stamps` as `parse_records` decodes them."""
+
+    __slots__ = ("_flat", "_stamps", "data", "layout")
+
+    def __init__(self, abi: Abi | _Layout, data: bytes,
+                 stamps: list[int] | None = None) -> None:
+        self.layout = abi if isinstance(abi, _Layout) else _layout(abi)
+        self.data = data[:len(data) // self.layout.size * self.layout.size]
+        self._flat: tuple[int, ...] | None = None
+        self._stamps = stamps
+
+    def __len__(self) -> int:
+        return len(self.data) // self.layout.size
+
+    def __add__(self, more: Records) -> Records:
+        stamps = (self._stamps + more._stamps
+                  if self._stamps is not None and more._stamps is not None else None)
+        return Records(self.layout, self.data + more.data, stamps)
+
+    def cut(self, start: int, stop: int) -> Records:
+        """Records `start` to `stop` (the timestamps kept, if decoded)."""
+        size = self.layout.size
+        return Records(self.layout, self.data[start * size:stop * size],
+                       None if self._stamps is None else self._stamps[start:stop])
+
+    @property
+    def width(self) -> int:
+        return self.layout.width
+
+    def _fields(self) -> tuple[int, ...]:
+        if self._flat is None:
+            layout = self.layout
+            self._flat = struct.unpack(layout.order + layout.one * len(self), self.data)
+        return self._flat
+
+    @property
+    def ips(self) -> Sequence[int]:
+        return self._fields()[0::3]
+
+    @property
+    def parents(self) -> Sequence[int]:
+        return self._fields()[1::3]
+
+    @property
+    def cpus(self) -> bytes:
+        """`ip & PSTORE_CPU_IN_IP`, or `ts & TS_CPU_MASK`: a byte each."""
+        layout = self.layout
+        if layout.cpu_in_ip_mask:
+            low = self.column(layout.byte(layout.ip_at, layout.width, 0))
+            return low.translate(bytes(b & layout.cpu_in_ip_mask for b in range(256)))
+        return self.column(layout.byte(layout.ts_at, 8, 0))
+
+    @property
+    def stamps(self) -> list[int]:
+        """The kernel's timestamps (`pstore_ftrace_read_timestamp`), what the merge
+        compares: `ts`, or `ts >> TS_CPU_SHIFT`, made by moving the stamp's 7 bytes
+        into 8 with a zero on top rather than by a shift each."""
+        if self._stamps is None:
+            layout, count = self.layout, len(self)
+            if layout.cpu_in_ip_mask:
+                self._stamps = list(self._fields()[2::3])
+            else:
+                moved = bytearray(8 * count)
+                for k in range(7):  # significance k of the stamp: k + 1 of ts
+                    to = k if layout.little_endian else 7 - k
+                    moved[to::8] = self.column(layout.byte(layout.ts_at, 8, k + 1))
+                self._stamps = list(struct.unpack(f"{layout.order}{count}Q", moved))
+        return self._stamps
+
+    def hex_digits(self, field_at: int) -> list[bytes] | None:
+        """`%08lx` of the address at `field_at` of each record, where every one has
+        all its `2 * width` hex digits, as kernel addresses do: the hex of its bytes in
+        big-endian order, moved there in a C loop a byte at a time. None where one is
+        shorter."""
+        layout, count = self.layout, len(self)
+        width = layout.width
+        if count and min(self.column(layout.byte(field_at, width, width - 1))) < 0x10:
+            return None
+        big = bytearray(width * count)
+        for k in range(width):  # significance k: byte width - 1 - k of big-endian
+            big[width - 1 - k::width] = self.column(layout.byte(field_at, width, k))
+        return big.hex(" ", width).encode().split()
+
+    def column(self, at: int) -> bytes:
+        """Byte `at` of every record."""
+        return self.data[at::self.layout.size]
 
 
 class Names:
@@ -196,53 +266,48 @@ class _Memo(dict[int, bytes]):
         return value
 
 
-def render(columns: RecordColumns, names: Names) -> bytes:
+def render(records: Records, names: Names) -> bytes:
     """The ftrace file's lines for these records, in their order."""
-    count = len(columns)
+    count = len(records)
     values: list[object] = [None] * (6 * count)
-    values[0::6] = columns.cpus
-    values[1::6] = columns.stamps
-    ips = _full_width_hex(columns.ips, columns.width)
-    parents = _full_width_hex(columns.parents, columns.width)
-    hexed = ips is not None and parents is not None
-    values[2::6] = ips if hexed else columns.ips
-    values[3::6] = parents if hexed else columns.parents
+    values[0::6] = records.cpus
+    values[1::6] = records.stamps
+    layout = records.layout
+    ips = records.hex_digits(layout.ip_at)
+    parents = records.hex_digits(layout.parent_at) if ips is not None else None
+    hexed = parents is not None
+    values[2::6] = ips if hexed else records.ips
+    values[3::6] = parents if hexed else records.parents
     if names.bare:
         values[4::6] = values[2::6]
         values[5::6] = values[3::6]
         line = _LINE_BARE_HEXED if hexed else _LINE_BARE
     else:
-        values[4::6] = names.names(columns.ips)
-        values[5::6] = names.offsets(columns.parents)
+        values[4::6] = names.names(records.ips)
+        values[5::6] = names.offsets(records.parents)
         line = _LINE_HEXED if hexed else LINE
     return (line * count) % tuple(values)
 
 
-def _full_width_hex(values: Sequence[int], width: int) -> list[bytes] | None:
-    """`%08lx` of each value, where every one has all its `2 * width` hex digits (as
-    kernel addresses do): the digits of their big-endian bytes, in one C call rather
-    than a conversion each. None where one is shorter."""
-    if not values or min(values) < 1 << (8 * width - 4):
-        return None
-    packed = struct.pack(f">{len(values)}{'Q' if width == 8 else 'I'}", *values)
-    return packed.hex(" ", width).encode().split()
-
-
-def text_length(columns: RecordColumns, names: Names) -> int:
-    """`len(render(columns, names))`, counted without rendering."""
-    count = len(columns)
+def text_length(records: Records, names: Names) -> int:
+    """`len(render(records, names))`, counted without rendering."""
+    count = len(records)
     if not count:
         return 0
-    total = _LINE_FIXED * count + sum(columns.cpus.translate(_DECIMAL))
-    ordered = sorted(columns.stamps)  # rising already, or nearly: a linear sort
+    total = _LINE_FIXED * count + sum(records.cpus.translate(_DECIMAL))
+    ordered = sorted(records.stamps)  # rising already, or nearly: a linear sort
     total += count + sum(count - bisect_left(ordered, power) for power in _POWERS_OF_TEN
                          if power <= ordered[-1])
+    layout = records.layout
+    widths = _HEX8_BARE if names.bare else _HEX8
+    for field_at, values in ((layout.ip_at, "ips"), (layout.parent_at, "parents")):
+        top = records.column(layout.byte(field_at, layout.width, layout.width - 1))
+        if min(top) >= 0x10:  # every one has all its digits
+            total += count * widths[8 * layout.width]
+        else:
+            bits = bytes(map(int.bit_length, getattr(records, values)))
+            total += sum(bits.translate(widths))
     if names.bare:
-        for values in (columns.ips, columns.parents):
-            total += sum(bytes(map(int.bit_length, values)).translate(_HEX8_BARE))
         return total
-    for values in (columns.ips, columns.parents):
-        total += sum(bytes(map(int.bit_length, values)).translate(_HEX8))
-    return total + sum(map(len, names.names(columns.ips))) + sum(
-        map(len, names.offsets(columns.parents)))
-
+    return total + sum(map(len, names.names(records.ips))) + sum(
+        map(len, names.offsets(records.parents)))

@@ -1,9 +1,10 @@
 """The ftrace file served by ranges, as the kernel's seq_file serves it: never built whole.
 
-Its size comes from one pass over the records that keeps nothing per record (their
-text's length is counted, not rendered); that pass also leaves a sparse index, the
-merge's state every so many bytes of text, within `INDEX_BUDGET`. A read at offset X
-starts from the last indexed state before X and renders only the records around X.
+Its size comes from one pass over the records, zone by zone, that keeps nothing per
+record (their text's length is counted, not rendered). A read at offset X starts from
+the last known state of the merge before X and renders only the records around X; the
+states reads pass through are kept as a sparse index (the merge's state every so many
+bytes of text, within `INDEX_BUDGET`), so that each part of the file is walked once.
 Every reader of the file shares one `FtraceText`: one pass, one index, and the last
 rendered windows (`WINDOWS_KEPT`), which a `cat` reading 128 KiB at a time walks
 through.
@@ -21,22 +22,18 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pstorefs.format.abi import Abi, ftrace_record_format
-from pstorefs.format.ftrace import (
-    Names,
-    RecordColumns,
-    decode_columns,
-    merge_keys,
-    merge_order,
-    render,
-    text_length,
-)
+from pstorefs.format.ftrace import Names, Records, merge_keys, merge_order, render, text_length
 from pstorefs.store.base import RangedBody
 
-BATCH = 8192
-"""Records decoded at a time, over all zones: some 800 KB of text."""
+BATCH = 4096
+"""Records decoded at a time, over all zones: some 400 KB of text."""
+
+ZONE_BATCH = 256
+"""Records decoded at a time of each zone, at least: with many zones, fewer would cost
+more in steps than in records."""
 
 INDEX_BUDGET = 128 << 10
 """Bytes of index per file, whatever its size: past it, every other entry is dropped
@@ -139,10 +136,18 @@ class _State:
     keys: tuple[int, ...]
 
 
+class _Rendered(NamedTuple):
+    """A window's text, where it starts in the file, and the merge's state after it."""
+
+    start: int
+    text: bytes
+    after: _State
+
+
 class _Window:
     """Each zone's records in one window (a zone may have none), and the state after."""
 
-    def __init__(self, parts: list[tuple[RecordColumns, list[int]]], after: _State) -> None:
+    def __init__(self, parts: list[tuple[Records, list[int]]], after: _State) -> None:
         self.parts = parts
         self.after = after
 
@@ -155,8 +160,8 @@ class _Walk:
         self._cursors = list(state.cursors)
         self._keys = list(state.keys)
         zones = len(state.cursors)
-        self._batch = max(BATCH // zones, 64)
-        self._buffers: list[tuple[RecordColumns, list[int]] | None] = [None] * zones
+        self._batch = max(text.batch // zones, min(text.batch, ZONE_BATCH))
+        self._buffers: list[tuple[Records, list[int]] | None] = [None] * zones
 
     def next(self) -> _Window | None:
         """The next window, or None past the last record."""
@@ -168,9 +173,9 @@ class _Walk:
             if have < self._batch // 2 and at < text.counts[zone]:
                 more = text.columns(zone, at, min(self._batch - have,
                                                   text.counts[zone] - at))
-                before = buffered[1][-1] if buffered else self._keys[zone]
+                before = buffered[1][-1] if buffered and buffered[1] else self._keys[zone]
                 keys = merge_keys(more.stamps, before) if merged else []
-                buffered = (_joined(buffered[0], more), buffered[1] + keys) if buffered \
+                buffered = (buffered[0] + more, buffered[1] + keys) if buffered \
                     else (more, keys)
             self._buffers[zone] = buffered
             buffers.append(buffered)
@@ -180,7 +185,7 @@ class _Walk:
         parts = []
         for zone, (buffered, count) in enumerate(zip(buffers, counts, strict=True)):
             if buffered is None or not count:
-                parts.append((RecordColumns((), (), b"", (), 0), []))
+                parts.append((Records(self._text.abi, b""), []))
                 continue
             columns, keys = buffered
             parts.append((columns.cut(0, count), keys[:count]))
@@ -190,7 +195,7 @@ class _Walk:
                 self._keys[zone] = keys[count - 1]
         return _Window(parts, _State(tuple(self._cursors), tuple(self._keys)))
 
-    def _cut(self, buffers: list[tuple[RecordColumns, list[int]] | None]) -> list[int]:
+    def _cut(self, buffers: list[tuple[Records, list[int]] | None]) -> list[int]:
         """How many of each zone's decoded records the window takes: all of them up to
         the last of the zone (of those with more records still on the device) whose
         decoded ones end first in merged order, (key, later zone first)."""
@@ -214,39 +219,42 @@ class _Walk:
         return counts
 
 
-def _joined(a: RecordColumns, b: RecordColumns) -> RecordColumns:
-    return RecordColumns(a.ips + b.ips, a.parents + b.parents, a.cpus + b.cpus,
-                         a.stamps + b.stamps, b.width)
-
-
 class FtraceText(RangedBody):
     """The ftrace file of these CPU zones (in zone order), rendered by ranges."""
 
-    def __init__(self, abi: Abi, zones: Sequence[ZoneData], names: Names) -> None:
+    def __init__(self, abi: Abi, zones: Sequence[ZoneData], names: Names, *,
+                 batch: int = BATCH, index_budget: int = INDEX_BUDGET) -> None:
         self.abi = abi
         self.zones = zones
         self.names = names
+        self.batch = batch
+        self.index_budget = index_budget
         self.record_size = ftrace_record_format(abi).size
         self.counts: list[int] = []
-        """Each zone's records, known once the index is built."""
+        """Each zone's records, known once the size is."""
         self._size: int | None = None
-        self._build = threading.Lock()
+        self._sizing = threading.Lock()
         self._offsets = array("Q")
-        """Text offset of each indexed state."""
+        """Text offset of each indexed state, rising: the first at 0."""
         self._states = array("Q")
         """Each indexed state: per zone its cursor, then its key (0 at cursor 0)."""
         self._stride = 0
-        self._windows: list[tuple[int, bytes, _State]] = []
-        """The windows rendered last: (text offset, text, state after), newest last."""
+        """How far apart entries are kept at least (grows as the index is thinned)."""
+        self._windows: list[_Rendered] = []
+        """The windows rendered last, newest last."""
         self._windows_lock = threading.Lock()
+        self._rendering = threading.Lock()
+        """Held while a window is found and rendered: readers asking for the same
+        window at once (the kernel's readahead sends several reads in flight) wait
+        for it rather than render it each; rendering holds the GIL anyway."""
 
     # -- the contract -------------------------------------------------------------------
     @property
     def size(self) -> int:
         if self._size is None:
-            with self._build:
+            with self._sizing:
                 if self._size is None:
-                    self._size = self._index()
+                    self._size = self._measure()
         return self._size
 
     def read(self, offset: int, length: int) -> bytes:
@@ -260,31 +268,35 @@ class FtraceText(RangedBody):
         return b"".join(pieces)
 
     # -- what the walk reads ------------------------------------------------------------
-    def columns(self, zone: int, first: int, count: int) -> RecordColumns:
+    def columns(self, zone: int, first: int, count: int) -> Records:
         """Records `first` to `first + count` of a zone. The bytes before its first
         whole record (`size % record_size`) are a partly overwritten one, dropped as
         `pstore_ftrace_combine_log` drops them."""
         data = self.zones[zone]
         at = data.size % self.record_size + first * self.record_size
-        return decode_columns(self.abi, data.read(at, count * self.record_size))
+        return Records(self.abi, data.read(at, count * self.record_size))
 
-    # -- the index ----------------------------------------------------------------------
-    def _index(self) -> int:
-        """One pass: the text's size, and the index."""
+    # -- the size and the index ------------------------------------------------------
+    def _measure(self) -> int:
+        """One pass, zone by zone (the size does not depend on the order): the
+        records' text counted, `batch` records at a time."""
         self.counts = [zone.size // self.record_size for zone in self.zones]
-        count = len(self.zones)
-        per_state = 1 + 2 * count
-        limit = max(INDEX_BUDGET // (8 * per_state), 2)
-        walk = _Walk(self, self._first_state())
-        offset, state = 0, self._first_state()
-        while (window := walk.next()) is not None:
-            if not self._offsets or offset - self._offsets[-1] >= self._stride:
-                self._keep(offset, state)
-                if len(self._offsets) > limit:
-                    self._thin(count)
-            offset += sum(text_length(columns, self.names) for columns, _ in window.parts)
-            state = window.after
-        return offset
+        total = 0
+        for zone, count in enumerate(self.counts):
+            for first in range(0, count, self.batch):
+                total += text_length(self.columns(zone, first, min(self.batch, count - first)),
+                                     self.names)
+        self._keep(0, self._first_state())
+        return total
+
+    def _note(self, offset: int, state: _State) -> None:
+        """A window starts at `offset` in `state`: indexed if far enough past the last
+        entry (the index grows as reads walk the file, within its budget)."""
+        if offset - self._offsets[-1] <= self._stride:
+            return
+        self._keep(offset, state)
+        if len(self._offsets) > max(self.index_budget // (8 * (1 + 2 * len(self.zones))), 2):
+            self._thin(len(self.zones))
 
     def _first_state(self) -> _State:
         return _State((0,) * len(self.zones), (-1,) * len(self.zones))
@@ -292,7 +304,7 @@ class FtraceText(RangedBody):
     def _keep(self, offset: int, state: _State) -> None:
         self._offsets.append(offset)
         self._states.extend(state.cursors)
-        self._states.extend(0 if cursor == 0 else key
+        self._states.extend(0 if cursor == 0 else max(key, 0)
                             for cursor, key in zip(state.cursors, state.keys, strict=True))
 
     def _thin(self, zones: int) -> None:
@@ -314,31 +326,45 @@ class FtraceText(RangedBody):
         return _State(cursors, keys)
 
     # -- reading ------------------------------------------------------------------------
-    def _window_at(self, offset: int) -> tuple[int, bytes, _State]:
+    def _window_at(self, offset: int) -> _Rendered:
         """The rendered window holding text offset `offset`: one kept, or rendered
         from the nearest known state before it (an index entry, or where a kept window
-        ends), skipping the windows before it by their length."""
+        ends), the windows between skipped by their length."""
+        found = self._kept(offset)
+        if found is not None:
+            return found
+        with self._rendering:
+            return self._kept(offset) or self._render_from(offset)
+
+    def _kept(self, offset: int) -> _Rendered | None:
         with self._windows_lock:
-            start, state = 0, None
-            for kept in self._windows:
-                if kept[0] <= offset < kept[0] + len(kept[1]):
-                    return kept
-                end = kept[0] + len(kept[1])
-                if start < end <= offset:
-                    start, state = end, kept[2]
+            return next((kept for kept in self._windows
+                         if kept.start <= offset < kept.start + len(kept.text)), None)
+
+    def _nearest(self, offset: int) -> tuple[int, _State]:
+        """The known state closest before `offset`, and its text offset."""
         entry = bisect_right(self._offsets, offset) - 1
-        if state is None or self._offsets[entry] > start:
-            start, state = self._offsets[entry], self._state(entry)
+        start, state = self._offsets[entry], self._state(entry)
+        with self._windows_lock:
+            for kept in self._windows:
+                end = kept.start + len(kept.text)
+                if start < end <= offset:
+                    start, state = end, kept.after
+        return start, state
+
+    def _render_from(self, offset: int) -> _Rendered:
+        start, state = self._nearest(offset)
         walk = _Walk(self, state)
         while (window := walk.next()) is not None:
-            length = sum(text_length(columns, self.names) for columns, _ in window.parts)
+            self._note(start, state)
+            length = sum(text_length(records, self.names) for records, _ in window.parts)
             if start + length > offset:
-                kept = (start, self._render(window), window.after)
+                kept = _Rendered(start, self._render(window), window.after)
                 with self._windows_lock:
                     self._windows.append(kept)
                     del self._windows[:-WINDOWS_KEPT]
                 return kept
-            start += length
+            start, state = start + length, window.after
         raise RuntimeError(f"ftrace text offset {offset} past its end")
 
     def _render(self, window: _Window) -> bytes:

@@ -21,7 +21,7 @@ from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType
 from pstorefs.format.ftrace import (
     FtraceRecord,
     Names,
-    decode_columns,
+    Records,
     merge_zones,
     parse_records,
     render,
@@ -69,11 +69,11 @@ def test_merge_later_zone_first_on_equal_timestamps() -> None:
 def test_render_text_without_symbols() -> None:
     records = [FtraceRecord(0xC1000ABC, 0x1234, 0, 17),
                FtraceRecord(0xFFFFFFFF8106D63F, 0xFFFFFFFF81064E00, 3, 2486358)]
-    assert render_records(records, NO_SYMBOLS) == (
+    assert render_records(records, NO_SYMBOLS, X86_64) == (
         b"CPU:0 ts:17 c1000abc  00001234  0xc1000abc <- 0x1234\n"
         b"CPU:3 ts:2486358 ffffffff8106d63f  ffffffff81064e00  "
         b"0xffffffff8106d63f <- 0xffffffff81064e00\n")
-    assert render_records([], NO_SYMBOLS) == b""
+    assert render_records([], NO_SYMBOLS, X86_64) == b""
 
 
 stamps = st.integers(0, 40)  # few values: equal timestamps, and blocks, are common
@@ -113,7 +113,7 @@ def test_columns_render_and_count_as_records_do(data: st.DataObject) -> None:
     blob = b"".join(ftrace_record(abi, ip, parent, stamp, cpu & (abi.cpu_in_ip_mask or 255))
                     for ip, parent, stamp, cpu in calls)
     records = parse_records(abi, blob)
-    columns = decode_columns(abi, blob)
+    columns = Records(abi, blob)
     assert list(columns.ips) == [r.ip for r in records]
     assert list(columns.cpus) == [r.cpu for r in records]
     assert list(columns.stamps) == [r.timestamp for r in records]
@@ -156,15 +156,15 @@ def fixture_ftrace_records(case: Case) -> list[FtraceRecord]:
 @pytest.mark.parametrize("case", FTRACE_CASES, ids=lambda c: c.id)
 def test_ftrace_text_is_the_kernels(case: Case) -> None:
     kernel = case.files["ftrace-pstore_blk-0"]
-    width = resolve_abi(case.meta["arch"]).long_size
-    assert render_records(fixture_ftrace_records(case), system_map(case.id), width) == kernel
+    abi = resolve_abi(case.meta["arch"])
+    assert render_records(fixture_ftrace_records(case), system_map(case.id), abi) == kernel
 
 
 @pytest.mark.parametrize("case", FTRACE_CASES, ids=lambda c: c.id)
 def test_ftrace_text_without_symbols_falls_back_to_addresses(case: Case) -> None:
     kernel = case.files["ftrace-pstore_blk-0"].decode().splitlines()
-    width = resolve_abi(case.meta["arch"]).long_size
-    ours = render_records(fixture_ftrace_records(case), NO_SYMBOLS, width).decode().splitlines()
+    abi = resolve_abi(case.meta["arch"])
+    ours = render_records(fixture_ftrace_records(case), NO_SYMBOLS, abi).decode().splitlines()
     assert len(ours) == len(kernel)
     for k, o in zip(kernel, ours, strict=True):
         fixed, _, _names = k.partition("  ")[2].partition("  ")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from helpers.zone_writer import ftrace_records
 from pstorefs.format.abi import Abi, ftrace_record_format
-from pstorefs.format.ftrace import FtraceRecord, Names, RecordColumns, decode_columns, render
+from pstorefs.format.ftrace import FtraceRecord, Names, Records, render
 from pstorefs.format.kallsyms import SymbolTable
 
 
@@ -32,16 +33,13 @@ def kernel_combine(zones: Sequence[Sequence[FtraceRecord]]) -> list[FtraceRecord
     return merged
 
 
-def render_records(records: Sequence[FtraceRecord], symbols: SymbolTable,
-                   width: int = 8) -> bytes:
-    """The ftrace lines of these records, in this order (`width`: bytes of an address)."""
-    columns = RecordColumns(tuple(r.ip for r in records), tuple(r.parent_ip for r in records),
-                            bytes(r.cpu for r in records),
-                            tuple(r.timestamp for r in records), width)
-    return render(columns, Names(symbols))
+def render_records(records: Sequence[FtraceRecord], symbols: SymbolTable, abi: Abi) -> bytes:
+    """The ftrace lines of these records (as `abi` wrote them), in this order."""
+    data = ftrace_records(abi, [(r.ip, r.parent_ip, r.timestamp, r.cpu) for r in records])
+    return render(Records(abi, data), Names(symbols))
 
 
 def zone_text(abi: Abi, data: bytes, symbols: SymbolTable) -> bytes:
     """One zone's ftrace text, its partly overwritten first record dropped."""
     size = ftrace_record_format(abi).size
-    return render(decode_columns(abi, data[len(data) % size:]), Names(symbols))
+    return render(Records(abi, data[len(data) % size:]), Names(symbols))

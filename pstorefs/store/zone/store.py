@@ -56,11 +56,11 @@ log = logging.getLogger(__name__)
 _RING_TYPES = (PstoreType.FTRACE, PstoreType.PMSG, PstoreType.CONSOLE)
 """After the dmesg zones, the kernel reads ftrace, then pmsg, then console."""
 
-ABI_SAMPLE = 48 << 10
-ABI_SAMPLE_ZONES = 32
+ABI_SAMPLE = 3 << 10
+ABI_SAMPLE_ZONES = 16
 """ABI detection reads the newest `ABI_SAMPLE` bytes (a multiple of both record sizes,
-16 and 24) of at most `ABI_SAMPLE_ZONES` ftrace zones: a bounded sample, whatever the
-zones' size."""
+16 and 24: 128 or 192 records) of at most `ABI_SAMPLE_ZONES` ftrace zones: a bounded
+sample, whatever the zones' size."""
 
 _FILL = b"\x00\xff"
 """What a zone holds where nothing was written: zeros of a fresh partition, or the 0xFF
