@@ -170,7 +170,7 @@ class _Walk:
         for zone, buffered in enumerate(self._buffers):
             have = len(buffered[0]) if buffered else 0
             at = self._cursors[zone] + have
-            if have < self._batch // 2 and at < text.counts[zone]:
+            if (not have or have < self._batch // 2) and at < text.counts[zone]:
                 more = text.columns(zone, at, min(self._batch - have,
                                                   text.counts[zone] - at))
                 before = buffered[1][-1] if buffered and buffered[1] else self._keys[zone]
