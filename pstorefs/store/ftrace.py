@@ -144,12 +144,12 @@ class _Rendered(NamedTuple):
     after: _State
 
 
-class _Window:
-    """Each zone's records in one window (a zone may have none), and the state after."""
+class _Window(NamedTuple):
+    """Each zone's records in one window (a zone may have none) with their merge keys,
+    and the state after."""
 
-    def __init__(self, parts: list[tuple[Records, list[int]]], after: _State) -> None:
-        self.parts = parts
-        self.after = after
+    parts: list[tuple[Records, list[int]]]
+    after: _State
 
 
 class _Walk:
@@ -171,7 +171,7 @@ class _Walk:
             have = len(buffered[0]) if buffered else 0
             at = self._cursors[zone] + have
             if (not have or have < self._batch // 2) and at < text.counts[zone]:
-                more = text.columns(zone, at, min(self._batch - have,
+                more = text.records(zone, at, min(self._batch - have,
                                                   text.counts[zone] - at))
                 before = buffered[1][-1] if buffered and buffered[1] else self._keys[zone]
                 keys = merge_keys(more.stamps, before) if merged else []
@@ -187,9 +187,9 @@ class _Walk:
             if buffered is None or not count:
                 parts.append((Records(self._text.abi, b""), []))
                 continue
-            columns, keys = buffered
-            parts.append((columns.cut(0, count), keys[:count]))
-            self._buffers[zone] = (columns.cut(count, len(columns)), keys[count:])
+            records, keys = buffered
+            parts.append((records.cut(0, count), keys[:count]))
+            self._buffers[zone] = (records.cut(count, len(records)), keys[count:])
             self._cursors[zone] += count
             if merged:
                 self._keys[zone] = keys[count - 1]
@@ -268,7 +268,7 @@ class FtraceText(RangedBody):
         return b"".join(pieces)
 
     # -- what the walk reads ------------------------------------------------------------
-    def columns(self, zone: int, first: int, count: int) -> Records:
+    def records(self, zone: int, first: int, count: int) -> Records:
         """Records `first` to `first + count` of a zone. The bytes before its first
         whole record (`size % record_size`) are a partly overwritten one, dropped as
         `pstore_ftrace_combine_log` drops them."""
@@ -284,7 +284,7 @@ class FtraceText(RangedBody):
         total = 0
         for zone, count in enumerate(self.counts):
             for first in range(0, count, self.batch):
-                total += text_length(self.columns(zone, first, min(self.batch, count - first)),
+                total += text_length(self.records(zone, first, min(self.batch, count - first)),
                                      self.names)
         self._keep(0, self._first_state())
         return total
@@ -368,13 +368,14 @@ class FtraceText(RangedBody):
         raise RuntimeError(f"ftrace text offset {offset} past its end")
 
     def _render(self, window: _Window) -> bytes:
-        parts = [(columns, keys) for columns, keys in window.parts]
-        texts = [render(columns, self.names) if len(columns) else b""
-                 for columns, _ in parts]
-        if sum(1 for columns, _ in parts if len(columns)) <= 1:
+        """A window's text: each zone's lines, put in merged order where several zones
+        have records in it."""
+        texts = [render(records, self.names) if len(records) else b""
+                 for records, _ in window.parts]
+        if sum(1 for text in texts if text) <= 1:
             return b"".join(texts)
         lines: list[bytes] = []
         for text in reversed(texts):
             lines += text.splitlines(keepends=True)
-        order = merge_order([keys for _, keys in parts])
+        order = merge_order([keys for _, keys in window.parts])
         return b"".join(map(lines.__getitem__, order))
