@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import pyfuse3
@@ -121,12 +122,14 @@ class Listing:
     cached listing is dropped, so that the next `ls` shows it."""
 
     def __init__(self, store: Store, files: Files, listed: Listed, *,
-                 kernel_caches: bool) -> None:
+                 kernel_caches: bool, changed_ns: int) -> None:
         self._store = store
         self._files = files
         self._listed = listed
         self.kernel_caches = kernel_caches
         """Whether the kernel caches the listing (`kernel_caches_listing`)."""
+        self.changed_ns = changed_ns
+        """The root's mtime and ctime, moved on by `forget`."""
         self.left_out: set[int] = set()
         """Records a listing left out (unreadable or stalled)."""
         self._forget_pending = False
@@ -191,9 +194,15 @@ class Listing:
         return True
 
     async def forget(self) -> None:
-        """Have the kernel drop the listing it cached, so that the next one asks again."""
+        """Have the kernel drop the listing it cached, so that the next one asks again.
+
+        Dropping its pages is not enough: a listing that left every record out has
+        none, and the kernel keeps serving it (Linux 6.18) until an opendir finds the
+        root's mtime changed (fuse_readdir_cached), which it asks for once the
+        attributes are invalid. So the mtime moves on first."""
         if not self.kernel_caches:
             return
+        self.changed_ns = max(time.time_ns(), self.changed_ns + 1)
         try:
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.ROOT_INODE, False,
                                           limiter=self._notify_limiter)

@@ -150,7 +150,8 @@ def store(tmp_path: Path) -> Iterator[ZoneStore]:
 async def test_a_listing_resumes_where_the_reply_was_full(store: ZoneStore) -> None:
     listed = Listed(RECORDS)
     listed.discard(1)
-    listing = Listing(store, Files(store.records, []), listed, kernel_caches=False)
+    listing = Listing(store, Files(store.records, []), listed, kernel_caches=False,
+                      changed_ns=0)
     got: list[tuple[int, Entry]] = []
 
     def add_ten(index: int, entry: Entry) -> bool:
@@ -166,7 +167,8 @@ async def test_a_listing_resumes_where_the_reply_was_full(store: ZoneStore) -> N
 
 
 def test_a_record_left_out_is_found_again_once() -> None:
-    listing = Listing(None, Files([], []), Listed(0), kernel_caches=False)  # type: ignore[arg-type]
+    listing = Listing(None, Files([], []), Listed(0), kernel_caches=False,  # type: ignore[arg-type]
+                      changed_ns=0)
     listing.left_out.add(5)
     assert not listing.found_again(4)
     assert listing.found_again(5)
