@@ -359,6 +359,14 @@ class RamoopsStore(Store):
         return bytes(out[:length]), corrected, bad
 
     # -- files --------------------------------------------------------------------
+    def unsized(self, record: Record) -> str | None:
+        """With ECC, a record's size waits for every block of its zones to be corrected
+        (the notice at its end counts them), so a listing shows it before: all but a
+        compressed dmesg record, whose name (`.enc.z` or not) only inflating tells."""
+        if self._codec is None or record.compressed:
+            return None
+        return self._file_name(record)
+
     def attributes(self, record: Record) -> dict[str, str]:
         """What the headers know and the kernel's files do not say."""
         body = self.read(record)
