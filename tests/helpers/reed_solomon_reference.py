@@ -13,6 +13,8 @@ class ReferenceDecoder:
 
     def __init__(self, codec: RsCodec) -> None:
         self.codec = codec
+        prim = codec.prim
+        self.iprim = next(i for i in range(1, NN * prim + 2, NN) if i % prim == 0) // prim
 
     def decode(self, data: bytes, par: bytes) -> DecodeResult | None:
         """`decode_rs8(rs, data, par, len, NULL, 0, NULL, 0, NULL)`: the block corrected,
@@ -84,7 +86,7 @@ class ReferenceDecoder:
         reg = lam[:]
         roots: list[int] = []
         locs: list[int] = []
-        k = self.codec.iprim - 1
+        k = self.iprim - 1
         for i in range(1, NN + 1):
             q = 1
             for j in range(deg_lambda, 0, -1):
@@ -98,7 +100,7 @@ class ReferenceDecoder:
                 locs.append(k)
                 if len(roots) == deg_lambda:
                     break
-            k = (k + self.codec.iprim) % NN
+            k = (k + self.iprim) % NN
         if len(roots) != deg_lambda:
             return None
         return lam, roots, locs
