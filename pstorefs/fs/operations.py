@@ -22,7 +22,7 @@ import trio
 from pstorefs.fs.errors import in_thread, internal_error
 from pstorefs.fs.listing import Files, Listed, Listing, entry_within, kernel_caches_listing
 from pstorefs.fs.read_ahead import ReadAhead
-from pstorefs.store import Entry, Store
+from pstorefs.store import UNSIZED, Entry, Store
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,10 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     def _file_attrs(self, inode: int, entry: Entry | None) -> pyfuse3.EntryAttributes:
-        """A file's attributes; `entry` None means its size is not known yet (see
-        DIRECTORY_PATIENCE)."""
+        """A file's attributes; `entry` None or `UNSIZED` means its size is not known
+        yet (see DIRECTORY_PATIENCE, `Store.unsized`)."""
         attrs = self._base_attrs(inode, stat.S_IFREG | self.ownership.file_mode)
-        if entry is None:  # neither size nor (for a compressed record) name is sure yet
+        if entry is None or entry.size == UNSIZED:  # the size is not known yet
             attrs.st_size = 0
             attrs.attr_timeout = attrs.entry_timeout = 0
             return attrs
