@@ -270,7 +270,8 @@ async def test_an_all_bad_ecc_region_lists_from_its_headers(tmp_path: Path,
     with closing(open_store(str(path), config)) as store:
         zones = len(store.zones)
         assert len(store.records) == zones == 54
-        listing = Listing(store, Files(store.records, []), Listed(zones), kernel_caches=False)
+        listing = Listing(store, Files(store.records, []), Listed(zones), kernel_caches=False,
+                          changed_ns=0)
         got: list[Entry] = []
         assert await listing.reply(range(zones), 0, lambda _, e: got.append(e) or True)
         per_zone = 2 * PERSISTENT_RAM_BUFFER_SIZE + g.ecc_size + 256 + 2 * g.ecc_size
