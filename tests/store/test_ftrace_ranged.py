@@ -21,6 +21,7 @@ from helpers.ftrace import kernel_combine, render_records
 from helpers.zone import config
 from helpers.zone_writer import ZoneWriter, ftrace_record, ftrace_records
 from pstorefs.format.abi import X86_64, Abi, ftrace_record_format
+from pstorefs.format.abi_detect import FTRACE_SAMPLE
 from pstorefs.format.consts import PstoreType
 from pstorefs.format.ftrace import Names, parse_records
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
@@ -251,7 +252,7 @@ def test_abi_detection_reads_a_bounded_sample(tmp_path: Path,
     with closing(open_store(str(tmp_path / "image.bin"), cfg)) as store:
         assert store.layout().abi == "le64"
     zones, = seen
-    assert len(zones) == 2 and all(len(z) == zone_store.ABI_SAMPLE for z in zones)
+    assert len(zones) == 2 and all(len(z) == FTRACE_SAMPLE for z in zones)
 
 
 # -- the writer's bulk records -------------------------------------------------------------

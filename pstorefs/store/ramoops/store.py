@@ -37,6 +37,7 @@ from pstorefs.codecs.compression import decompress
 from pstorefs.codecs.reed_solomon import rs_codec
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi, resolve_abi
+from pstorefs.format.abi_detect import FTRACE_SAMPLE, FTRACE_SAMPLE_ZONES
 from pstorefs.format.consts import DUMP_HEADER, PstoreType, vote_little_endian
 from pstorefs.format.ftrace import Names, parse_records
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
@@ -281,8 +282,9 @@ class RamoopsStore(Store):
         `i` names CPU `i`. Where several ABIs fit, or none, or there are no records,
         the byte order's first is taken, and a note says so."""
         candidates = [abi for abi in ABIS.values() if abi.little_endian == self.little_endian]
-        zones = [(prz.zone.index, self._content(prz)[0]) for prz in self._przs.values()
-                 if prz.zone.type is PstoreType.FTRACE]
+        zones = [(prz.zone.index, self._content(prz)[0][-FTRACE_SAMPLE:])
+                 for prz in self._przs.values()
+                 if prz.zone.type is PstoreType.FTRACE][:FTRACE_SAMPLE_ZONES]
         if not zones:
             return candidates[0]
         fitting = [abi for abi in candidates

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pstorefs.codecs.compression import decompress
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import Abi, byte_order_abi, resolve_abi
-from pstorefs.format.abi_detect import detect_abi
+from pstorefs.format.abi_detect import FTRACE_SAMPLE, FTRACE_SAMPLE_ZONES, detect_abi
 from pstorefs.format.consts import (
     PSTORE_KMSG_HEADER_MAGIC,
     KmsgDumpReason,
@@ -55,12 +55,6 @@ log = logging.getLogger(__name__)
 
 _RING_TYPES = (PstoreType.FTRACE, PstoreType.PMSG, PstoreType.CONSOLE)
 """After the dmesg zones, the kernel reads ftrace, then pmsg, then console."""
-
-ABI_SAMPLE = 3 << 10
-ABI_SAMPLE_ZONES = 16
-"""ABI detection reads the newest `ABI_SAMPLE` bytes (a multiple of both record sizes,
-16 and 24: 128 or 192 records) of at most `ABI_SAMPLE_ZONES` ftrace zones: a bounded
-sample, whatever the zones' size."""
 
 _FILL = b"\x00\xff"
 """What a zone holds where nothing was written: zeros of a fresh partition, or the 0xFF
@@ -182,10 +176,10 @@ class ZoneStore(Store):
         ftrace_zones = []
         for zone, raw in probes.rings.items():
             header = self._header(zone, raw)
-            if (zone.type is PstoreType.FTRACE and len(ftrace_zones) < ABI_SAMPLE_ZONES
+            if (zone.type is PstoreType.FTRACE and len(ftrace_zones) < FTRACE_SAMPLE_ZONES
                     and ring_zone_ok(header, zone.type, zone.buffer_size)):
                 ring = self._ring(zone, header)
-                length = min(ring.size, ABI_SAMPLE)  # the newest records: whole ones
+                length = min(ring.size, FTRACE_SAMPLE)  # the newest records: whole ones
                 try:
                     ftrace_zones.append(ring.read(ring.size - length, length))
                 except DeviceError as exc:
