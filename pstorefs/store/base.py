@@ -347,9 +347,15 @@ class Store(ABC):
         """Release the source."""
         self.device.close()
 
-    @abstractmethod
-    def attributes(self, record: Record) -> dict[str, str]:
-        """What the back end knows of `record` beyond its file (extended attributes)."""
+    @overload
+    def attributes(self, record: Record, *, wait: Literal[True] = ...) -> dict[str, str]: ...
+    @overload
+    def attributes(self, record: Record, *, wait: bool) -> dict[str, str] | None: ...
+
+    def attributes(self, record: Record, *, wait: bool = True) -> dict[str, str] | None:
+        """What the back end knows of `record` beyond its file (extended attributes);
+        with `wait=False`, None unless known without touching the device."""
+        return self._attributes(record, wait)
 
     @abstractmethod
     def layout(self) -> Layout:
@@ -360,6 +366,10 @@ class Store(ABC):
         """One line naming the source and the layout in use, for logs."""
 
     # -- what a back end implements ---------------------------------------------------
+    @abstractmethod
+    def _attributes(self, record: Record, wait: bool) -> dict[str, str] | None:
+        """`attributes`: None only where `wait` is False and the device would be read."""
+
     @abstractmethod
     def _decode(self, record: Record) -> Decoded:
         """The record's file, read from the device."""

@@ -497,3 +497,20 @@ def test_a_read_that_an_erase_overlapped_is_read_again(tmp_path: Path) -> None:
         assert store.read(record) == case.files["dmesg-pstore_blk-1"]
         assert len(reads) == 2
         assert store.entry(record).name == "dmesg-pstore_blk-1"
+
+
+def test_attributes_without_waiting_only_from_what_is_known() -> None:
+    """`attributes(wait=False)` never decodes: a compressed record's compressor is
+    known only once decoded, so before that it is None; after, the same as waiting."""
+    case = case_by_id(KD)
+    store = ZoneStore(Device(str(case.image), read_only=True), Geometry(kmsg_size=64 * KIB),
+                      name="pstore_blk", cache_budget=0)
+    with closing(store):
+        compressed = [r for r in store.records if r.compressed]
+        assert compressed
+        for record in compressed:
+            assert store.attributes(record, wait=False) is None
+            assert store.read(record, wait=False) is None  # nothing was decoded
+            want = store.attributes(record)
+            assert want["compressor"] == "deflate"
+            assert store.attributes(record, wait=False) == want

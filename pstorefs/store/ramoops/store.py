@@ -367,9 +367,11 @@ class RamoopsStore(Store):
             return None
         return self._file_name(record)
 
-    def attributes(self, record: Record) -> dict[str, str]:
+    def _attributes(self, record: Record, wait: bool) -> dict[str, str] | None:
         """What the headers know and the kernel's files do not say."""
-        body = self.read(record)
+        body = self.read(record, wait=wait)
+        if body is None:
+            return None
         attrs = {
             "zone_offset": ",".join(str(z.offset) for z in record.zones),
             "zone_size": str(record.zones[0].size),

@@ -261,7 +261,7 @@ class ZoneStore(Store):
     def _by_id(self, prefix: str, record_id: int) -> Record | None:
         return self._records.by_id(prefix, record_id)
 
-    def attributes(self, record: Record) -> dict[str, str]:
+    def _attributes(self, record: Record, wait: bool) -> dict[str, str] | None:
         """What the headers know and the kernel's files do not show. The body is read
         only where the headers leave the reason's name open (4: Restart before 5.8,
         Shutdown after, as the record's text says) or a compressed record was never
@@ -279,7 +279,10 @@ class ZoneStore(Store):
             text = b""
             if (record.reason == KmsgDumpReason.SHUTDOWN  # Restart before 5.8
                     or (record.compressed and self.entry(record, wait=False) is None)):
-                text = self._dump_text(record, self.read(record))
+                body = self.read(record, wait=wait)
+                if body is None:
+                    return None
+                text = self._dump_text(record, body)
             attrs["reason"] = reason_name(record.reason, text)
             attrs["reason_code"] = str(record.reason)
             attrs["counter"] = str(record.counter)
