@@ -212,7 +212,8 @@ def test_no_erase_before_the_copy_is_on_disk(tmp_path: Path) -> None:
                              f"name=pstore_blk,sync_before_erase={archive}") as mnt:
                     with pytest.raises(OSError) as refused:
                         os.unlink(mnt / "dmesg-pstore_blk-0")
-                    assert refused.value.errno == errno.EIO
+                    # what the loop device's failed writes reach syncfs as
+                    assert refused.value.errno in (errno.EIO, errno.ENOSPC)
                     assert "dmesg-pstore_blk-0" in os.listdir(mnt)
             finally:
                 run(["umount", str(archive)])
