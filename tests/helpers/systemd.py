@@ -156,6 +156,40 @@ def service_commands(text: str, specifiers: Mapping[str, str],
     return [expand_environment(words, env) for words in commands], env
 
 
+def service_settings(text: str) -> dict[str, str]:
+    """The [Service] settings of a unit, the last of each key."""
+    return {key: value for section, key, value in unit_lines(text) if section == "Service"}
+
+
+_SANDBOX = """
+set -eu
+IFS=:
+for dir in $WRITABLE; do mount --bind "$dir" "$dir"; done
+unset IFS
+mount -o remount,bind,ro /
+mount -o remount,bind,ro /sys
+umask "$UMASK"
+exec setpriv $NNP --inh-caps=-all --bounding-set=-all,$CAPS "$@"
+"""
+
+
+def sandboxed(command: list[str], settings: Mapping[str, str],
+              writable: list[Path]) -> tuple[list[str], dict[str, str]]:
+    """`command` in what can stand in for the unit's sandbox without systemd: a mount
+    namespace of its own (unshare -m), the root and /sys read-only but for `writable`
+    (ProtectSystem=strict with RuntimeDirectory= and StateDirectory=,
+    ProtectKernelTunables=), UMask=, no capability outside CapabilityBoundingSet= and
+    NoNewPrivileges= (setpriv). The rest (device, system call and address family
+    filters, MemoryMax=) needs systemd: systemd-analyze checks those settings."""
+    assert settings["ProtectSystem"] == "strict"
+    caps = ",".join("+" + cap.removeprefix("CAP_").lower()
+                    for cap in settings["CapabilityBoundingSet"].split())
+    env = {"WRITABLE": ":".join(map(str, writable)), "UMASK": settings["UMask"],
+           "NNP": "--nnp" if settings["NoNewPrivileges"] == "yes" else "", "CAPS": caps}
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", _SANDBOX, "sandbox",
+            *command], env
+
+
 def boot_id() -> str:
     """%b: this boot's ID, as systemd prints it (no dashes)."""
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")

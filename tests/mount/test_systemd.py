@@ -27,7 +27,9 @@ from helpers.systemd import (
     Pstore,
     boot_id,
     field_bytes,
+    sandboxed,
     service_commands,
+    service_settings,
     unit_lines,
     with_journald,
 )
@@ -93,9 +95,10 @@ def _run_unit(tmp_path: Path, loop: str, pstore: Pstore) -> None:
     variables expanded as systemd expands them (helpers.systemd), the directories it
     makes (RuntimeDirectory=, StateDirectory=) and the variables it sets (PATH,
     INVOCATION_ID, RUNTIME_DIRECTORY, STATE_DIRECTORY) stood in for under tmp_path, /etc
-    by tmp_path/etc. What is not stood in for is the sandbox (it needs PID 1 to be
-    systemd); systemd-analyze checks its settings. systemd-pstore 254 stands in for
-    /lib/systemd/systemd-pstore, with its LD_LIBRARY_PATH."""
+    by tmp_path/etc, and the part of its sandbox that needs no systemd stood in for by
+    helpers.systemd.sandboxed (its own mount namespace, a read-only root, CAP_SYS_ADMIN
+    only, no new privileges); systemd-analyze checks the rest. systemd-pstore 254
+    stands in for /lib/systemd/systemd-pstore, with its LD_LIBRARY_PATH."""
     instance = run(["systemd-escape", "-p", loop]).stdout.strip()
     specifiers = {"i": instance, "f": loop, "t": str(tmp_path / "run"),
                   "S": str(tmp_path / "state"), "b": boot_id()}
@@ -110,11 +113,13 @@ def _run_unit(tmp_path: Path, loop: str, pstore: Pstore) -> None:
     env = {**os.environ, **pstore.env, "PATH": f"{VENV_BIN}:{SYSTEMD_PATH}",
            "INVOCATION_ID": uuid.uuid4().hex, "RUNTIME_DIRECTORY": str(runtime),
            "STATE_DIRECTORY": str(state)}
+    settings = service_settings(UNIT.read_text())
     try:
         for command in commands:
             command = [str(pstore.path) if word == "/lib/systemd/systemd-pstore" else word
                        for word in command]
-            result = run(command, timeout=90, env=env)
+            command, sandbox_env = sandboxed(command, settings, [runtime, state])
+            result = run(command, timeout=90, env=env | sandbox_env)
             assert result.returncode == 0, f"{command}: {result.stderr}"
             assert result.stderr == "", result.stderr
     finally:
