@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -156,7 +157,10 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, store: Store, ownership: Ownership, *, read_only: bool,
-                 show_erased: bool = False) -> None:
+                 show_erased: bool = False,
+                 before_erase: Callable[[], None] | None = None) -> None:
+        """`before_erase` runs before every erase, which does not happen if it raises
+        (`-o sync_before_erase`: the copy of the record made elsewhere is on disk)."""
         super().__init__()
         self.store = store
         self.ownership = ownership
@@ -178,6 +182,7 @@ class Operations(pyfuse3.Operations):
         self._recent_xattrs: dict[int, dict[str, str]] = {}
         self._erase_lock = trio.Lock()
         self._eraser = Eraser(store)
+        self._before_erase = before_erase
 
     # -- helpers ------------------------------------------------------------------
     def _index(self, inode: int) -> int:
@@ -390,6 +395,8 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)  # located, not found: see Store.locate
             if inode in self._open:  # its handles read on after the erase (unlink rule)
                 self._open.keep(inode, await self._body(inode))
+            if self._before_erase is not None:
+                await in_thread(self.store, self._before_erase)
             await self._eraser.erase(self._files[self._index(inode)])
             self._listed.discard(self._index(inode))
 
