@@ -119,7 +119,6 @@ class RamoopsStore(Store):
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = ()) -> None:
         super().__init__(device, name, cache_budget)
         self.geometry = layout
-        self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = layout.zones()
         self._codec = rs_codec(layout.ecc_size) if layout.ecc_size else None
@@ -130,6 +129,7 @@ class RamoopsStore(Store):
         self._przs = {zone: prz for zone in self._zones_with_data(probed)
                       if (prz := self._probe(zone))}
         self.abi = abi or self._detect_abi()
+        self.symbols = symbols.within(8 * self.abi.long_size)
         self._records = self._recover()
         self._keep_slots(len(self._records))
 

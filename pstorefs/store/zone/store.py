@@ -119,7 +119,6 @@ class ZoneStore(Store):
             self.kernel_name = "pstore_blk" if erasesize is None else "mtdpstore"
         self.erases_reach_other_records = erasesize is not None  # mtdpstore: a block
         self.geometry = geometry
-        self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
         probes = Probes.read(device, self.zones,
@@ -131,6 +130,7 @@ class ZoneStore(Store):
                 log.debug("%s: %s", device.path, note)
                 self.assumed += (note,)
         self.abi = abi
+        self.symbols = symbols.within(8 * abi.long_size)
         self._kmsg_header_size = abi.kmsg_header_size
         self._records = self._recover(probes)
         self._erased = self._recover_erased(probes) if show_erased else []
