@@ -4,6 +4,7 @@ CPUs, the 128 MiB cap; what erase writes; the body cache; thousands of zones."""
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import tracemalloc
@@ -18,7 +19,7 @@ from helpers.zone_writer import HEADER, Ring, ZoneWriter, deflate
 from pstorefs.errors import GeometryError, SourceError, ZoneChangedError
 from pstorefs.format.abi import BE32, I386, LE32, X86_64, Abi
 from pstorefs.format.consts import KmsgDumpReason, PstoreType
-from pstorefs.store import StoreConfig, open_store
+from pstorefs.store import StoreConfig, open_store, symbols
 from pstorefs.store.cache import ITEM_OVERHEAD, BodyCache
 from pstorefs.store.device import Device
 from pstorefs.store.zone.layout import Geometry
@@ -214,6 +215,16 @@ def test_system_map_errors(tmp_path: Path) -> None:
         with pytest.raises(SourceError):
             open_store(str(path), StoreConfig(kmsg_size=4, ftrace_size=8, nr_cpus=2,
                                               read_only=True, system_map=str(system_map)))
+
+
+def test_system_map_read_is_capped_whatever_its_size_says(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """/proc/kallsyms is a regular file of size 0 that reads megabytes: what is read is
+    counted against the cap (lowered here to 64 KiB), not what fstat said."""
+    monkeypatch.setattr(symbols, "MAX_SYSTEM_MAP", 64 * KIB)
+    assert os.stat("/proc/kallsyms").st_size == 0
+    with pytest.raises(SourceError, match=r"more than \d+ MiB read: not a System\.map"):
+        symbols.load_system_map("/proc/kallsyms")
 
 
 def test_two_cpu_ftrace_erase_clears_every_zone(tmp_path: Path) -> None:
