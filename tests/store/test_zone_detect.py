@@ -576,3 +576,20 @@ def test_the_writers_sizes_do_not_warn(tmp_path: Path, pmsg: int) -> None:
     names, warnings, _ = contradicted(tmp_path, {"kmsg_size": 64, "pmsg_size": pmsg},
                                       pmsg=pmsg)
     assert len(names) == 3 + bool(pmsg) and warnings == ()
+
+
+def test_a_pmsg_ring_not_wrapped_is_at_most_a_zone_kmalloc_gives(tmp_path: Path) -> None:
+    """6 MiB between a pmsg ring that has not wrapped and the first dmesg header: a
+    4 MiB pmsg zone and an unused 2 MiB console area (a 6 MiB pmsg zone no 4 KiB-page
+    kernel registers); the files and the erase are those of the writer's options."""
+    lay = Layout(16 * MIB, 64 * KIB, pmsg=6 * MIB)
+    w = lay.writer()
+    assert w.pmsg is not None
+    fill_ring(w.pmsg, 1000)
+    records(w, 3)
+    path = save(w, tmp_path)
+    got, geometry, assumed = opened(path, DETECTED)
+    assert (geometry.pmsg_size, geometry.console_size) == (4 * MIB, 2 * MIB)
+    assert geometry.impossible_zones() == ()
+    assert got == opened(path, lay.config())[0]
+    assert any("unused console area" in note for note in assumed)

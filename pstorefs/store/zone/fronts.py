@@ -176,12 +176,17 @@ def _ring_split(pmsg_hit: Hit | None, console_hit: Hit | None, base: int,
             return None
         return pmsg, base - pmsg, ((_unused_note("console", pmsg, base - pmsg),)
                                    if base > pmsg else ())
+    if pmsg_hit:  # up to the next area, or as far as kmalloc allows and unused console
+        pmsg = min(base, max(KMALLOC_MAX_SIZE, align_up(pmsg_hit.end)))
+        if base - pmsg > KMALLOC_MAX_SIZE:
+            return None
+        return pmsg, base - pmsg, (
+            f"the pmsg ring has not wrapped: pmsg_size={pmsg // 1024} taken, up to the next "
+            "area or the most kmalloc gives (a smaller one and an unused console area give "
+            "the same files)", *([_unused_note("console", pmsg, base - pmsg)]
+                                 if base > pmsg else []))
     if base > KMALLOC_MAX_SIZE:
         return None
-    if pmsg_hit:
-        return base, 0, (f"the pmsg ring has not wrapped: pmsg_size={base // 1024} taken, "
-                         "up to the next area (a smaller one and an unused console area "
-                         "give the same files)",)
     return base, 0, (_unused_note("pmsg", 0, base),) if base else ()
 
 
