@@ -176,11 +176,12 @@ def _kmsg_size(dmesg: Sequence[Hit], room: int, peek: Peek) -> tuple[int, Notes]
 
 def _kmsg_from_zero(dmesg: Sequence[Hit], size: int, peek: Peek) -> tuple[int, Notes]:
     """The dmesg zone size where no ring header comes first and the space before the
-    first dmesg header is more than unused front zones a kernel can allocate
-    (`front_areas` found none): that space is dmesg zones from 0 never written (a
-    5.8-5.10 writer that went on past 128 MiB, say). The size puts a zone start under
-    every header, the headers one run of zones; a lone header needs a dmesg header at
-    its next zone start (within the source, past the cap too) to tell the size."""
+    first dmesg header is more than an unused pmsg zone can be (`front_areas` found no
+    split: kmalloc gives at most 4 MiB a zone, and a console area is written from boot
+    on): that space is dmesg zones from 0 never written (a 5.8-5.10 writer that went
+    on past 128 MiB, say). The size puts a zone start under every header, the headers
+    one run of zones; a lone header needs a dmesg header at its next zone start (within
+    the source, past the cap too) to tell the size."""
     first = dmesg[0].offset
     longest = max(hit.end - hit.offset for hit in dmesg)
     step = math.gcd(*(hit.offset for hit in dmesg))
@@ -193,19 +194,19 @@ def _kmsg_from_zero(dmesg: Sequence[Hit], size: int, peek: Peek) -> tuple[int, N
     else:  # the next zone's header, if one was written, tells the sizes apart
         sizes = [k for k in sizes if _dmesg_header_at(first + k, size, peek)] or sizes
     if len(sizes) != 1:
+        fitting = (f"zones of {' or '.join(str(k // 1024) for k in sizes)} KiB fit the "
+                   "headers and number them differently" if sizes else
+                   "no zone size fits the headers")
         raise GeometryError(
             f"the {first // 1024} KiB before the first dmesg header ({first:#x}) hold no "
-            "header, more than the unused pmsg, console and ftrace zones a kernel can "
-            f"allocate ({KMALLOC_MAX_SIZE >> 20} MiB each with 4 KiB pages), so dmesg zones "
-            "start at 0; " + (f"zones of {' or '.join(str(k // 1024) for k in sizes)} KiB "
-                              "fit the headers and number them differently"
-                              if sizes else "no zone size fits the headers")
-            + ": give kmsg_size=")
+            f"header, more than an unused pmsg zone can be ({KMALLOC_MAX_SIZE >> 20} MiB, "
+            f"what kmalloc gives with 4 KiB pages), so dmesg zones start at 0; {fitting}: "
+            "give kmsg_size=")
     kmsg = sizes[0]
     return kmsg, (f"the {first // 1024} KiB before the first dmesg header hold no header, "
-                  "more than the unused pmsg, console and ftrace zones a kernel can allocate "
-                  f"({KMALLOC_MAX_SIZE >> 20} MiB each with 4 KiB pages): taken as dmesg "
-                  f"zones from 0 never written, kmsg_size={kmsg // 1024}",)
+                  f"more than an unused pmsg zone can be ({KMALLOC_MAX_SIZE >> 20} MiB, what "
+                  "kmalloc gives with 4 KiB pages): taken as dmesg zones from 0 never "
+                  f"written, kmsg_size={kmsg // 1024}",)
 
 
 def _dmesg_header_at(offset: int, size: int, peek: Peek) -> bool:
