@@ -304,6 +304,7 @@ def test_records_past_the_cap_alone(tmp_path: Path) -> None:
     assert got["dmesg-blkoops-32768"][1] == (SZ_128M,)
     assert geometry == Geometry(kmsg_size=4 * KIB, capped=False)
     assert any("dmesg zones from 0 never written" in note for note in assumed)
+    assert warnings_of(path, StoreConfig(kmsg_size=4, read_only=True)) == ()  # a run from 32767
     with closing(open_store(str(path), StoreConfig())) as store:
         store.erase(store.find("dmesg-blkoops-32768"))
     with open(path, "rb") as fh:
@@ -551,7 +552,7 @@ def contradicted(tmp_path: Path, options: dict[str, int], *, pmsg: int = 0
 
 
 @pytest.mark.parametrize(("options", "pmsg", "names", "sign", "found"), [
-    ({"kmsg_size": 32}, 0, [0, 2, 4], "dmesg zone 1 has no header but zone 4 has",
+    ({"kmsg_size": 32}, 0, [0, 2, 4], "dmesg zone 1 has no header between written ones",
      "kmsg_size=64,pmsg_size=0,"),
     ({"kmsg_size": 64, "pmsg_size": 64}, 0, [0, 1], "a dmesg header at the pmsg zone's start",
      "kmsg_size=64,pmsg_size=0,"),
@@ -593,3 +594,21 @@ def test_a_pmsg_ring_not_wrapped_is_at_most_a_zone_kmalloc_gives(tmp_path: Path)
     assert geometry.impossible_zones() == ()
     assert got == opened(path, lay.config())[0]
     assert any("unused console area" in note for note in assumed)
+
+
+def test_a_dmesg_run_that_wraps_does_not_warn(tmp_path: Path) -> None:
+    """Written from zone 14 on (recovery resumed past the newest), through 15, 0 and 1:
+    one run round the end, as the kernel's round-robin leaves it."""
+    lay = Layout(MIB, 64 * KIB)
+    w = lay.writer()
+    w.kmsg_write_cnt = 14
+    records(w, 4)
+    path = save(w, tmp_path)
+    assert warnings_of(path, lay.config()) == ()
+    w.erase_dmesg(15)  # an erased zone keeps its header: still one run
+    path = save(w, tmp_path)
+    assert warnings_of(path, lay.config()) == ()
+    image = bytearray(w.image)
+    image[15 * 64 * KIB:16 * 64 * KIB] = bytes(64 * KIB)  # never written: two runs
+    warnings = warnings_of(save(image, tmp_path), lay.config())
+    assert len(warnings) == 1 and "dmesg zone 2 has no header between written ones" in warnings[0]

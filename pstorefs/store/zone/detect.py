@@ -102,8 +102,9 @@ def disagreements(read: Reader, geometry: Geometry, probes: Probes, order: Abi, 
     No scan (its cost would follow the source, not the records): only what recovery
     read at the given zone starts, and a header's bytes where a ring zone opens with a
     dmesg signature. The signs: a zone start holding another type's header (a shifted
-    front area), dmesg headers that are no run from zone 0 (the kernel's round-robin
-    leaves no unwritten zone between written ones; not on flash, where an erased zone
+    front area), dmesg headers that are no one run (the kernel's round-robin leaves no
+    unwritten zone between written ones, though the run may start past zone 0, as a
+    5.8-5.10 writer's past 128 MiB does, and wrap; not on flash, where an erased zone
     has no header), a header claiming more than its zone holds, and a wrapped ring that
     does not fill its zone. A given size larger than the writer's shows none of these
     when its zone starts fall on the writer's: that is not caught."""
@@ -133,10 +134,12 @@ def disagreements(read: Reader, geometry: Geometry, probes: Probes, order: Abi, 
         hit = parse_hit(raw.ljust(HEADER_PROBE, b"\0"), 0, zone.offset, size)
         hits += [hit] if hit else []
     written = list(probes.dmesg)
-    if not flash and written != list(range(len(written))):
-        gaps = sorted(set(range(written[-1])) - set(written))
-        signs.append(f"dmesg zone {gaps[0]} has no header but zone {written[-1]} has (the "
-                     "kernel writes them in turn from zone 0)")
+    breaks = [k for k in range(1, len(written)) if written[k] != written[k - 1] + 1]
+    wrapped = bool(written) and written[0] == 0 and written[-1] == probes.zones.dmesg_count - 1
+    if not flash and len(breaks) > wrapped:
+        gap = written[breaks[0] - 1] + 1
+        signs.append(f"dmesg zone {gap} has no header between written ones (the kernel "
+                     "writes them in turn)")
     if written:
         room = probes.zones.dmesg(0).buffer_size
         over = next(((index, datalen) for index, _sig, datalen, _magic, _raw
