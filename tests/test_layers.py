@@ -108,7 +108,7 @@ def allowed_in_format(module: str) -> bool:
     return top == "construct" or top in sys.stdlib_module_names or top == "__future__"
 
 
-CODEC_LIBRARIES = ("lz4", "lzo", "backports", "compression", "zstandard")
+CODEC_LIBRARIES = ("lz4", "lzo", "backports", "compression", "zstandard", "numpy")
 
 
 def allowed_in_codecs(module: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import pyfuse3
@@ -16,7 +17,7 @@ import trio
 
 from pstorefs.fs.errors import in_thread, logged
 from pstorefs.fs.read_ahead import decode_ahead
-from pstorefs.store import Entry, Record, Store
+from pstorefs.store import UNSIZED, Entry, Record, Store
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ async def entry_within(store: Store, record: Record, inode: int) -> Entry | None
     """The record's entry, or None if the device does not give it within
     `DIRECTORY_PATIENCE` (its read goes on, and is kept)."""
     known = store.entry(record, wait=False)
-    if known is not None:
-        return known
+    if known is not None or store.unsized(record) is not None:
+        return known  # an unsized record's size is worth no wait: getattr waits for it
     with trio.move_on_after(DIRECTORY_PATIENCE):
         return await in_thread(store, store.entry, record, abandon_on_cancel=True)
     log.warning("%s: record %d: the device has not answered in %g s; its size is "
@@ -121,12 +122,14 @@ class Listing:
     cached listing is dropped, so that the next `ls` shows it."""
 
     def __init__(self, store: Store, files: Files, listed: Listed, *,
-                 kernel_caches: bool) -> None:
+                 kernel_caches: bool, changed_ns: int) -> None:
         self._store = store
         self._files = files
         self._listed = listed
         self.kernel_caches = kernel_caches
         """Whether the kernel caches the listing (`kernel_caches_listing`)."""
+        self.changed_ns = changed_ns
+        """The root's mtime and ctime, moved on by `forget`."""
         self.left_out: set[int] = set()
         """Records a listing left out (unreadable or stalled)."""
         self._forget_pending = False
@@ -157,9 +160,14 @@ class Listing:
 
         A record left out (unreadable, or stalled past `DIRECTORY_PATIENCE`, when the
         batch's others are left out too rather than waited for one by one) is noted in
-        `left_out`, so that finding it again refreshes the kernel's listing."""
+        `left_out`, so that finding it again refreshes the kernel's listing. An
+        `unsized` one is listed at once, its size unknown (`UNSIZED`), not decoded."""
+        unsized = {index: name for index in indexes
+                   if self._store.entry(record := self._files[index], wait=False) is None
+                   and (name := self._store.unsized(record)) is not None}
         with trio.move_on_after(DIRECTORY_PATIENCE) as patience:
-            await decode_ahead(self._store, map(self._files.__getitem__, indexes))
+            await decode_ahead(self._store, (self._files[index] for index in indexes
+                                             if index not in unsized))
         if patience.cancelled_caught:
             log.warning("%s: the device has not answered in %g s: records not read yet "
                         "are left out of this listing", self._store.describe(),
@@ -167,6 +175,11 @@ class Listing:
         stalled = patience.cancelled_caught
         for index in indexes:
             record = self._files[index]
+            if index in unsized:
+                self.left_out.discard(index)
+                if not add(index, Entry(unsized[index], UNSIZED, record.time_ns)):
+                    return False, stalled
+                continue
             try:
                 entry = (self._store.entry(record, wait=False) if patience.cancelled_caught
                          else await entry_within(self._store, record,
@@ -191,9 +204,15 @@ class Listing:
         return True
 
     async def forget(self) -> None:
-        """Have the kernel drop the listing it cached, so that the next one asks again."""
+        """Have the kernel drop the listing it cached, so that the next one asks again.
+
+        Dropping its pages is not enough: a listing that left every record out has
+        none, and the kernel keeps serving it (Linux 6.18) until an opendir finds the
+        root's mtime changed (fuse_readdir_cached), which it asks for once the
+        attributes are invalid. So the mtime moves on first."""
         if not self.kernel_caches:
             return
+        self.changed_ns = max(time.time_ns(), self.changed_ns + 1)
         try:
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.ROOT_INODE, False,
                                           limiter=self._notify_limiter)

@@ -22,7 +22,7 @@ import trio
 from pstorefs.fs.errors import in_thread, internal_error
 from pstorefs.fs.listing import Files, Listed, Listing, entry_within, kernel_caches_listing
 from pstorefs.fs.read_ahead import ReadAhead
-from pstorefs.store import Entry, Store
+from pstorefs.store import UNSIZED, Entry, Store
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ class Operations(pyfuse3.Operations):
         self._listed = Listed(len(self._files))
         self._erased_dir = (pyfuse3.ROOT_INODE + 1 + len(self._files)) if show_erased else None
         self._listing = Listing(store, self._files, self._listed,
-                                kernel_caches=kernel_caches_listing(show_erased))
+                                kernel_caches=kernel_caches_listing(show_erased),
+                                changed_ns=self.mount_time_ns)
         self._read_ahead = ReadAhead(store, self._files, self._listed, self._live)
         self._open = OpenFiles()
         self._recent_xattrs: dict[int, dict[str, str]] = {}
@@ -174,6 +175,8 @@ class Operations(pyfuse3.Operations):
         attrs = self._base_attrs(inode, stat.S_IFDIR | self.ownership.dir_mode)
         attrs.st_nlink = 3 if inode == pyfuse3.ROOT_INODE and self._erased_dir else 2
         attrs.st_size = 0
+        if inode == pyfuse3.ROOT_INODE:  # moved on as the kernel's listing is dropped
+            attrs.st_mtime_ns = attrs.st_ctime_ns = self._listing.changed_ns
         return attrs
 
     def _base_attrs(self, inode: int, mode: int) -> pyfuse3.EntryAttributes:
@@ -187,10 +190,10 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     def _file_attrs(self, inode: int, entry: Entry | None) -> pyfuse3.EntryAttributes:
-        """A file's attributes; `entry` None means its size is not known yet (see
-        DIRECTORY_PATIENCE)."""
+        """A file's attributes; `entry` None or `UNSIZED` means its size is not known
+        yet (see DIRECTORY_PATIENCE, `Store.unsized`)."""
         attrs = self._base_attrs(inode, stat.S_IFREG | self.ownership.file_mode)
-        if entry is None:  # neither size nor (for a compressed record) name is sure yet
+        if entry is None or entry.size == UNSIZED:  # the size is not known yet
             attrs.st_size = 0
             attrs.attr_timeout = attrs.entry_timeout = 0
             return attrs

@@ -95,9 +95,14 @@ class Record(NamedTuple):
                 f"{[zone.offset for zone in self.zones]}{', erased' if self.erased else ''})")
 
 
+UNSIZED = -1
+"""An `Entry`'s size where a listing shows an `unsized` record before decoding it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """How a record appears as a file: its name, size and time (None: mount time)."""
+    """How a record appears as a file: its name, size (`UNSIZED`: not known yet) and
+    time (None: mount time)."""
 
     name: str
     size: int
@@ -287,6 +292,13 @@ class Store(ABC):
             return record if known.name == name else None
         plain = file_name(record.type, self.name, record.id)
         return record if name == plain or record.compressed else None
+
+    def unsized(self, record: Record) -> str | None:
+        """The file name of a record that a listing shows at once, size unknown, rather
+        than decode it: one whose size only a long decode gives (ramoops' ECC corrects
+        every block of the record first) and whose name the headers alone give. None
+        (the default): the listing waits for the size, within its patience."""
+        return None
 
     def find(self, name: str) -> Record | None:
         """The record whose file is called `name`; may decode it to know."""

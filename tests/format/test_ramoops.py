@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.ramoops import ECC16, layout_of
-from pstorefs.codecs.reed_solomon import RsCodec, rs_codec
+from helpers.reed_solomon_reference import ReferenceDecoder
+from pstorefs.codecs.reed_solomon import NN, RsCodec, rs_codec
 from pstorefs.errors import GeometryError
 from pstorefs.format.consts import PstoreType
 from pstorefs.format.ramoops import ecc_geometry, parse_kmsg_hdr
@@ -123,6 +124,72 @@ def test_decode_gives_up_beyond_its_power() -> None:
         refused += result is None
         assert result is None or result.data != data  # 9 errors: never "fixed" right
     assert refused >= 45
+
+
+def _damaged(rnd: random.Random, nroots: int, length: int, errors: int) -> tuple[bytes, bytes]:
+    """A block of `length` data symbols and its parity with `errors` symbols changed."""
+    data = rnd.randbytes(length)
+    word = bytearray(data + rs_codec(nroots).encode(data))
+    for pos in rnd.sample(range(len(word)), min(errors, len(word))):
+        word[pos] ^= rnd.randrange(1, 256)
+    return bytes(word[:length]), bytes(word[length:])
+
+
+def _agree(nroots: int, words: list[tuple[bytes, bytes]]) -> None:
+    reference = ReferenceDecoder(rs_codec(nroots))
+    for (data, par), got in zip(words, rs_codec(nroots).decode_many(words), strict=True):
+        want = reference.decode(data, par)
+        assert (got is None) == (want is None), (nroots, len(data))
+        if want is not None:
+            assert got is not None
+            assert (got.data, got.par, got.corrected) == (want.data, want.par, want.corrected)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(nroots=st.sampled_from([1, 2, 3, 8, 16, 17, 32, 64, 127]), seed=st.integers(0, 2**32))
+def test_batch_decoder_agrees_with_the_kernels_port(nroots: int, seed: int) -> None:
+    """The batch decoder and the step-for-step port of decode_rs.c agree on every block:
+    clean, within the code's power, just past it (where the kernel may still "correct"
+    into another codeword, or give up), and garbage; blocks of every length at once."""
+    rnd = random.Random(seed)
+    t = nroots // 2
+    words = [_damaged(rnd, nroots, rnd.randrange(1, NN - nroots + 1),
+                      rnd.choice([0, 1, 2, 3, t, t + 1, t + 2, rnd.randrange(nroots + 2), NN]))
+             for _ in range(24)]
+    _agree(nroots, words)
+
+
+def test_batch_decoder_agrees_on_errors_in_the_pad_and_parity() -> None:
+    """Short blocks whose error pattern points into the kernel's zero pad, and errors in
+    the parity alone: the cases the Chien search and the 5.3 checks decide."""
+    rnd = random.Random(11)
+    for nroots in (2, 16, 64):
+        words = []
+        for length in (1, 2, 12, 40):
+            data = rnd.randbytes(length)
+            par = bytearray(rs_codec(nroots).encode(data))
+            par[rnd.randrange(nroots)] ^= rnd.randrange(1, 256)
+            words.append((data, bytes(par)))
+            words += [_damaged(rnd, nroots, length, e) for e in range(1, nroots // 2 + 3)]
+        _agree(nroots, words)
+
+
+def test_decode_span_is_each_block_decoded() -> None:
+    """`decode_span` of ramoops' 128-byte blocks (the last short) counts and corrects as
+    the port block by block: corrected symbols summed, unrecoverable blocks kept as read."""
+    rnd = random.Random(2)
+    for nroots in (16, 64, 127):
+        lengths = [128] * 40 + [77]
+        words = [_damaged(rnd, nroots, n, rnd.choice([0, 1, 3, nroots // 2, nroots]))
+                 for n in lengths]
+        got = rs_codec(nroots).decode_span(b"".join(d for d, _ in words),
+                                           b"".join(p for _, p in words), 128)
+        reference = ReferenceDecoder(rs_codec(nroots))
+        results = [reference.decode(d, p) for d, p in words]
+        assert got.data == b"".join(d if r is None else r.data
+                                    for (d, _), r in zip(words, results, strict=True))
+        assert got.corrected == sum(r.corrected for r in results if r)
+        assert got.bad_blocks == sum(r is None for r in results) > 0
 
 
 def test_codec_parameters() -> None:

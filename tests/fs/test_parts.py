@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from helpers.ramoops import all_bad_ecc_region
 from helpers.zone_writer import ZoneWriter, deflate
 from pstorefs.errors import (
     DeviceError,
@@ -26,10 +27,14 @@ from pstorefs.errors import (
     ZoneChangedError,
 )
 from pstorefs.format.abi import X86_64
+from pstorefs.format.consts import PstoreType
+from pstorefs.format.ramoops import PERSISTENT_RAM_BUFFER_SIZE, ecc_geometry, ecc_notice
 from pstorefs.fs import READ_AHEAD, ReadAhead, errno_of
 from pstorefs.fs.listing import Files, Listed, Listing, kernel_caches_listing
-from pstorefs.store import Entry, Record
+from pstorefs.store import UNSIZED, Entry, Record, StoreConfig, open_store
+from pstorefs.store.base import Zone
 from pstorefs.store.device import Device
+from pstorefs.store.ramoops.layout import RamoopsGeometry
 from pstorefs.store.zone.layout import Geometry
 from pstorefs.store.zone.store import ZoneStore
 
@@ -150,7 +155,8 @@ def store(tmp_path: Path) -> Iterator[ZoneStore]:
 async def test_a_listing_resumes_where_the_reply_was_full(store: ZoneStore) -> None:
     listed = Listed(RECORDS)
     listed.discard(1)
-    listing = Listing(store, Files(store.records, []), listed, kernel_caches=False)
+    listing = Listing(store, Files(store.records, []), listed, kernel_caches=False,
+                      changed_ns=0)
     got: list[tuple[int, Entry]] = []
 
     def add_ten(index: int, entry: Entry) -> bool:
@@ -166,7 +172,8 @@ async def test_a_listing_resumes_where_the_reply_was_full(store: ZoneStore) -> N
 
 
 def test_a_record_left_out_is_found_again_once() -> None:
-    listing = Listing(None, Files([], []), Listed(0), kernel_caches=False)  # type: ignore[arg-type]
+    listing = Listing(None, Files([], []), Listed(0), kernel_caches=False,  # type: ignore[arg-type]
+                      changed_ns=0)
     listing.left_out.add(5)
     assert not listing.found_again(4)
     assert listing.found_again(5)
@@ -224,3 +231,60 @@ async def test_read_ahead_restarts_after_a_jump_and_skips_what_rm_took(
     for index in (40, 41):  # a jump, then in order from there: up to the last record
         read_ahead.requested(index)
     assert await decoded_ahead(store, read_ahead) - first == set(range(42, RECORDS)) - {45}
+
+
+# -- ramoops with ECC: a listing corrects nothing ------------------------------------------------
+ECC_LAYOUT = RamoopsGeometry(4 << 20, record_size=64 << 10, console_size=512 << 10,
+                             ftrace_size=0, pmsg_size=256 << 10, ecc_size=64)
+OOPS_LINE = b"<4>[    1.000000] BUG: kernel NULL pointer dereference, address: 0\n"
+
+
+def _ecc_text(zone: Zone) -> bytes:
+    if zone.type is PstoreType.DMESG:
+        return f"====1700000000.{zone.index:06d}-D\n".encode() + OOPS_LINE * 600
+    return f"{zone.type.file_prefix} line\n".encode() * 40000
+
+
+async def test_an_all_bad_ecc_region_lists_from_its_headers(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Every block of a ramoops region with ECC has an error: opening and listing it
+    read each zone's header, its parity and a dmesg record's first blocks, nothing of
+    the rest; each record is listed by name with its size unknown, and its size and
+    text, corrected as the kernel corrects them, come when asked for."""
+    image, corrected = all_bad_ecc_region(ECC_LAYOUT, _ecc_text)
+    path = tmp_path / "ecc.bin"
+    path.write_bytes(image)
+    read_bytes: list[int] = []
+    device_read = Device.read
+
+    def counted(self: Device, offset: int, size: int) -> bytes:
+        read_bytes.append(size)
+        return device_read(self, offset, size)
+
+    monkeypatch.setattr(Device, "read", counted)
+    g = ECC_LAYOUT
+    config = StoreConfig(backend="ramoops", record_size=g.record_size,
+                         console_size=g.console_size, ftrace_size=0, pmsg_size=g.pmsg_size,
+                         ecc=g.ecc_size)
+    with closing(open_store(str(path), config)) as store:
+        zones = len(store.zones)
+        assert len(store.records) == zones == 54
+        listing = Listing(store, Files(store.records, []), Listed(zones), kernel_caches=False,
+                          changed_ns=0)
+        got: list[Entry] = []
+        assert await listing.reply(range(zones), 0, lambda _, e: got.append(e) or True)
+        per_zone = 2 * PERSISTENT_RAM_BUFFER_SIZE + g.ecc_size + 256 + 2 * g.ecc_size
+        assert sum(read_bytes) <= zones * per_zone < len(image) // 64
+        assert [e.size for e in got] == [UNSIZED] * zones
+        assert [e.name for e in got] == [store.entry(r, wait=False) is None
+                                         and store.unsized(r) for r in store.records]
+        for record in store.records:
+            zone = record.zones[0]
+            text = _ecc_text(zone)[:ecc_geometry(zone.size, g.ecc_size).buffer_size]
+            if record.type is PstoreType.DMESG:
+                text = text[text.index(b"\n") + 1:]
+            body = text + ecc_notice(corrected[zone], 0)
+            assert store.entry(record).size == len(body)
+            assert store.read(record) == body
+        assert not listing.left_out

@@ -46,6 +46,7 @@ from helpers.cases import (
 )
 from helpers.faultyfs import FaultyMount
 from helpers.machine import PSTOREFS, holder_pids, mounted, require_fuse, run, unmount, wait_for
+from pstorefs.fs import LISTING_REFRESH
 
 T = TypeVar("T")
 
@@ -743,3 +744,37 @@ def test_a_record_a_listing_left_out_is_listed_once_readable(tmp_path: Path) -> 
                 f"{victim} never listed again once readable")
             assert sorted(os.listdir(m)) == sorted(case.files)
             assert (m / victim).read_bytes() == case.files[victim]
+
+
+def test_a_listing_that_left_every_record_out_is_listed_again(tmp_path: Path) -> None:
+    """Every record's read stalls past the directory's patience, so the listing the
+    kernel caches is empty: it has no pages for an invalidation to drop, and Linux 6.18
+    kept serving it for good. Once the device answers, a later `ls` (a new opendir, or
+    the same directory read again) shows every record; and the listing that left
+    nothing out is the kernel's again: it answers with the daemon stopped."""
+    case = PLAIN
+    image = case.image.read_bytes()
+    with faulty_case(tmp_path, case) as fm:
+        fm.set(faults=[{"op": "read", "start": start, "end": end, "stall": True}
+                       for start, end in (data_sector(case, name, image) for name in case.files)])
+        with pstorefs_on(fm.file, tmp_path / "mnt", case.options) as (m, _):
+            held = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for _ in range(2):  # listings while the device stalls: every record left out
+                    assert within(10, lambda: os.listdir(m), "ls while reads stall") == []
+                    time.sleep(LISTING_REFRESH + 0.5)
+                fm.clear()  # the device answers
+                assert wait_for(lambda: sorted(os.listdir(m)) == sorted(case.files), 15), (
+                    "the records never listed again once readable")
+                assert sorted(os.listdir(held)) == sorted(case.files), "the open directory"
+            finally:
+                os.close(held)
+            time.sleep(LISTING_REFRESH + 0.5)  # a drop still due from the stalled listings
+            assert sorted(os.listdir(m)) == sorted(case.files)
+            daemon = daemon_of(fm.file)
+            os.kill(daemon, signal.SIGSTOP)
+            try:
+                listed = within(5, lambda: os.listdir(m), "ls with the daemon stopped")
+            finally:
+                os.kill(daemon, signal.SIGCONT)
+            assert sorted(listed) == sorted(case.files)

@@ -40,7 +40,8 @@ UNIT = TOP / "contrib" / "systemd" / "pstorefs-archive@.service"
 
 DEBIAN_NAMES = {"pyfuse3": "python3-pyfuse3", "trio": "python3-trio",
                 "construct": "python3-construct", "lz4": "python3-lz4",
-                "python-lzo": "python3-lzo", "zstandard": "python3-zstandard"}
+                "python-lzo": "python3-lzo", "zstandard": "python3-zstandard",
+                "numpy": "python3-numpy"}
 """pyproject's runtime dependencies and the Debian packages that provide them."""
 
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 
 from pstorefs.codecs.compression import decompress
 from pstorefs.codecs.reed_solomon import rs_codec
@@ -76,6 +77,13 @@ OPTIONS = frozenset({"record_size", "console_size", "ftrace_size", "pmsg_size", 
 DEFAULT_NAME = "ramoops"
 """The kernel's back-end name (`oops_cxt.pstore.name`)."""
 
+_PROBE_BATCH = 4096
+"""Zones whose headers, then dmesg record heads, are corrected as one batch at open."""
+
+_CORRECT_BLOCKS = 8192
+"""ECC blocks read and corrected at a time (1 MiB of data): what a read holds beside
+the record's own bytes."""
+
 _DMESG_PROBE = 256
 """Bytes of a dmesg zone read to list it: its `====...` line (at most 36 bytes as the
 kernel writes it) with room to spare; the whole record is read only if the line's
@@ -104,6 +112,9 @@ class Prz:
     snapshot: bytes
     corrected: int = 0
     bad_blocks: int = 0
+    head: bytes | None = None
+    """A dmesg record's first bytes, corrected (`_DMESG_PROBE`), where the ring has
+    not wrapped."""
 
 
 class RamoopsStore(Store):
@@ -126,8 +137,7 @@ class RamoopsStore(Store):
         self.little_endian = abi.little_endian if abi else self._little_endian()
         # with ECC, the parity at a zone's end may restore a header that reads as zeros
         probed = self.zones.dmesg_size if self._codec else PERSISTENT_RAM_BUFFER_SIZE
-        self._przs = {zone: prz for zone in self._zones_with_data(probed)
-                      if (prz := self._probe(zone))}
+        self._przs = {prz.zone: prz for prz in self._probe_zones(self._zones_with_data(probed))}
         self.abi = abi or self._detect_abi()
         self.symbols = symbols.within(8 * self.abi.long_size)
         self._records = self._recover()
@@ -183,27 +193,44 @@ class RamoopsStore(Store):
                                     min(_DMESG_PROBE, ecc.buffer_size))
         return raw
 
-    def _probe(self, zone: Zone) -> Prz | None:
-        """`persistent_ram_post_init` without its writes: the zone, if its header (after
-        ECC) has the type's signature and describes data within the buffer."""
+    def _probe_zones(self, zones: Iterable[Zone]) -> Iterator[Prz]:
+        """`_probe` of each zone; with ECC, the headers and then the dmesg record heads
+        of `_PROBE_BATCH` zones at a time are corrected as one batch."""
+        zones = iter(zones)
+        while batch := list(islice(zones, _PROBE_BATCH)):
+            read = [(zone, snapshot) for zone in batch
+                    if (snapshot := self._read_snapshot(zone)) is not None]
+            headers = self._decode_blocks([
+                (snapshot[:PERSISTENT_RAM_BUFFER_SIZE],
+                 snapshot[PERSISTENT_RAM_BUFFER_SIZE:][:self.geometry.ecc_size])
+                for _, snapshot in read])
+            przs = [prz for (zone, snapshot), header in zip(read, headers, strict=True)
+                    if (prz := self._probe(zone, snapshot, header))]
+            yield from self._with_heads(przs)
+
+    def _read_snapshot(self, zone: Zone) -> bytes | None:
         try:
-            snapshot = self._snapshot(zone)
+            return self._snapshot(zone)
         except DeviceError as exc:
             log.error("%s zone %d at %#x: %s: skipped", zone.type.file_prefix, zone.index,
                       zone.offset, exc)
             return None
+
+    def _decode_blocks(self, blocks: list[tuple[bytes, bytes]]) -> list[tuple[bytes, int, int]]:
+        """Each (data, parity) block as ECC leaves it: its data, symbols corrected and
+        whether it is unrecoverable (kept as read); as read without ECC."""
+        if not self._codec:
+            return [(data, 0, 0) for data, _ in blocks]
+        return [(data, 0, 1) if result is None else (result.data, result.corrected, 0)
+                for (data, _), result in zip(blocks, self._codec.decode_many(blocks),
+                                             strict=True)]
+
+    def _probe(self, zone: Zone, snapshot: bytes, header: tuple[bytes, int, int]) -> Prz | None:
+        """`persistent_ram_post_init` without its writes: the zone, if its header (after
+        ECC) has the type's signature and describes data within the buffer."""
         ecc = ecc_geometry(zone.size, self.geometry.ecc_size)
-        header = snapshot[:PERSISTENT_RAM_BUFFER_SIZE]
-        corrected = bad = 0
-        if self._codec:
-            parity = snapshot[PERSISTENT_RAM_BUFFER_SIZE:PERSISTENT_RAM_BUFFER_SIZE
-                              + ecc.ecc_size]
-            result = self._codec.decode(header, parity)
-            if result is None:
-                bad = 1
-            else:
-                header, corrected = result.data, result.corrected
-        buffer = parse_buffer(header, zone.offset, little_endian=self.little_endian)
+        raw, corrected, bad = header
+        buffer = parse_buffer(raw, zone.offset, little_endian=self.little_endian)
         if not sig_matches(zone.type, buffer.sig) or buffer.empty:
             return None
         if not buffer.valid(ecc.buffer_size):
@@ -212,6 +239,39 @@ class RamoopsStore(Store):
                         buffer.size, buffer.start, ecc.buffer_size)
             return None
         return Prz(zone, ecc, buffer, snapshot, corrected, bad)
+
+    def _with_heads(self, przs: list[Prz]) -> Iterator[Prz]:
+        """The zones, each dmesg one whose ring has not wrapped with the first bytes of
+        its record (`head`), corrected: all a listing reads of it."""
+        wanted: list[Prz] = []
+        blocks: list[tuple[bytes, bytes]] = []
+        spans: list[tuple[int, int]] = []
+        for prz in przs:
+            if prz.zone.type is not PstoreType.DMESG or prz.buffer.start not in (
+                    0, prz.buffer.size):
+                continue
+            ecc, length = prz.ecc, min(_DMESG_PROBE, prz.buffer.size)
+            raw = prz.snapshot[PERSISTENT_RAM_BUFFER_SIZE + ecc.ecc_size:]
+            if not self._codec:
+                wanted.append(prz)
+                spans.append((len(blocks), 1))
+                blocks.append((raw[:length], b""))
+                continue
+            count = len(ecc.blocks(length))
+            try:
+                parity = self.device.read(prz.zone.offset + ecc.par_buffer, count * ecc.ecc_size)
+            except DeviceError:
+                continue  # no head: the record's own read fails and says so
+            wanted.append(prz)
+            spans.append((len(blocks), count))
+            blocks += [(raw[at:at + size], parity[i * ecc.ecc_size:][:ecc.ecc_size])
+                       for i in range(count) for at, size in [ecc.block(i)]]
+        decoded = self._decode_blocks(blocks)
+        heads = {prz.zone: b"".join(data for data, _, _ in decoded[at:at + count])[
+            :min(_DMESG_PROBE, prz.buffer.size)] for prz, (at, count) in zip(wanted, spans,
+                                                                             strict=True)}
+        for prz in przs:
+            yield dataclasses.replace(prz, head=heads[prz.zone]) if prz.zone in heads else prz
 
     def _detect_abi(self) -> Abi:
         """The writer's ABI, which only the ftrace records tell: ram.c writes each to
@@ -253,7 +313,7 @@ class RamoopsStore(Store):
         zaps the zone otherwise)."""
         zone = prz.zone
         try:
-            head, _, _ = self._content(prz, _DMESG_PROBE)
+            head = prz.head if prz.head is not None else self._content(prz)[0]
             header = parse_kmsg_hdr(head)
             if header.length >= len(head) and prz.buffer.size > len(head):
                 header = parse_kmsg_hdr(self._content(prz)[0])  # white space ran on
@@ -268,42 +328,45 @@ class RamoopsStore(Store):
                       compressed=header.compressed, snapshot=(prz.snapshot,))
 
     # -- reading a zone -------------------------------------------------------------
-    def _content(self, prz: Prz, limit: int | None = None) -> tuple[bytes, int, int]:
+    def _content(self, prz: Prz) -> tuple[bytes, int, int]:
         """The zone's bytes in write order, corrected as `persistent_ram_ecc_old`
         corrects them, with the ECC counts (header included): bytes corrected, blocks
-        unrecoverable. `limit`: only the first bytes are wanted (their counts are
-        partial), read alone where the ring has not wrapped."""
-        buffer = prz.buffer
-        if limit is not None and buffer.start in (0, buffer.size):
-            data, corrected, bad = self._data(prz, min(limit, buffer.size))
-            return data, corrected, bad
-        data, corrected, bad = self._data(prz, buffer.size)
-        return ring_content(data, buffer), corrected + prz.corrected, bad + prz.bad_blocks
+        unrecoverable."""
+        data, corrected, bad = self._data(prz, prz.buffer.size)
+        return ring_content(data, prz.buffer), corrected + prz.corrected, bad + prz.bad_blocks
 
     def _data(self, prz: Prz, length: int) -> tuple[bytes, int, int]:
         """The first `length` bytes of the zone's data, each ECC block they touch
-        decoded in memory; a block the code cannot correct is kept as read."""
+        decoded in memory, `_CORRECT_BLOCKS` at a time; a block the code cannot correct
+        is kept as read."""
         start = prz.zone.offset + PERSISTENT_RAM_BUFFER_SIZE
         ecc = prz.ecc
         if not self._codec:
             return self.device.read(start, length), 0, 0
-        blocks = ecc.blocks(length)
-        data = bytearray(self.device.read(start, min(len(blocks) * ecc.block_size,
-                                                     ecc.buffer_size)))
-        parity = self.device.read(prz.zone.offset + ecc.par_buffer, len(blocks) * ecc.ecc_size)
+        blocks = len(ecc.blocks(length))
+        out = bytearray()
         corrected = bad = 0
-        for index in blocks:
-            at, size = ecc.block(index)
-            result = self._codec.decode(bytes(data[at:at + size]),
-                                        parity[index * ecc.ecc_size:][:ecc.ecc_size])
-            if result is None:
-                bad += 1
-            elif result.corrected:
-                corrected += result.corrected
-                data[at:at + size] = result.data
-        return bytes(data[:length]), corrected, bad
+        for first in range(0, blocks, _CORRECT_BLOCKS):
+            count = min(_CORRECT_BLOCKS, blocks - first)
+            at = first * ecc.block_size
+            data = self.device.read(start + at, min(count * ecc.block_size, ecc.buffer_size - at))
+            parity = self.device.read(prz.zone.offset + ecc.par_buffer + first * ecc.ecc_size,
+                                      count * ecc.ecc_size)
+            result = self._codec.decode_span(data, parity, ecc.block_size)
+            out += result.data
+            corrected += result.corrected
+            bad += result.bad_blocks
+        return bytes(out[:length]), corrected, bad
 
     # -- files --------------------------------------------------------------------
+    def unsized(self, record: Record) -> str | None:
+        """With ECC, a record's size waits for every block of its zones to be corrected
+        (the notice at its end counts them), so a listing shows it before: all but a
+        compressed dmesg record, whose name (`.enc.z` or not) only inflating tells."""
+        if self._codec is None or record.compressed:
+            return None
+        return self._file_name(record)
+
     def attributes(self, record: Record) -> dict[str, str]:
         """What the headers know and the kernel's files do not say."""
         body = self.read(record)
