@@ -137,6 +137,9 @@ class Layout:
     little_endian: bool | None = None
     parameters: Mapping[str, object] = field(default_factory=dict)
     assumed: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """What of the layout no writer of the bytes can have used (options that contradict
+    the headers, a zone kmalloc does not give): logged too, never a refusal."""
 
     def as_dict(self) -> dict[str, object]:
         """Flat, for JSON: the fields, with the back end's parameters among them."""
@@ -146,7 +149,8 @@ class Layout:
             head["little_endian"] = self.little_endian
         return {**head, **self.parameters, "zones": self.zones, "records": self.records,
                 "kernel_parameters": self.kernel_parameters,
-                "mount_options": self.mount_options, "assumed": list(self.assumed)}
+                "mount_options": self.mount_options, "assumed": list(self.assumed),
+                "warnings": list(self.warnings)}
 
 
 def partial_states(header: bytes, writes: Sequence[tuple[int, bytes]]) -> list[bytes]:

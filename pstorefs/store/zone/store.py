@@ -45,7 +45,13 @@ from pstorefs.store.base import (
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
-from pstorefs.store.zone.detect import Detection, detect, uncap, zone_format_at_start
+from pstorefs.store.zone.detect import (
+    Detection,
+    detect,
+    disagreements,
+    uncap,
+    zone_format_at_start,
+)
 from pstorefs.store.zone.layout import Geometry, check_source_size, geometry_from_options
 from pstorefs.store.zone.recovery import Listing, Probes
 
@@ -98,7 +104,8 @@ def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> Zon
     return ZoneStore(device, layout.geometry, name=config.name_or(DEFAULT_NAME),
                      abi=None if config.abi == "auto" else resolve_abi(config.abi),
                      symbols=symbols, assumed=layout.assumed,
-                     show_erased=config.show_erased, erasesize=erasesize)
+                     show_erased=config.show_erased, erasesize=erasesize,
+                     given=config.layout_given)
 
 
 class ZoneStore(Store):
@@ -107,19 +114,21 @@ class ZoneStore(Store):
     Opening reads the zone headers only; a body is read and decoded the first time its
     size or content is asked for, and kept in a fixed-budget cache.
     `show_erased` also lists the records `rm` erased whose bytes are still on disk.
+    `given`: the layout is the options', checked against the headers the listing reads
+    (`warnings`, as is a zone no kernel with 4 KiB pages registers).
     """
 
     def __init__(self, device: Device, geometry: Geometry, *, name: str,
                  abi: Abi | None = None, symbols: SymbolTable = NO_SYMBOLS,
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = (),
-                 show_erased: bool = False, erasesize: int | None = None) -> None:
+                 show_erased: bool = False, erasesize: int | None = None,
+                 given: bool = False) -> None:
         super().__init__(device, name, cache_budget)
         self.erasesize = erasesize
         if geometry.format is ZoneFormat.ZONE:  # the RFC's own name was the default
             self.kernel_name = "pstore_blk" if erasesize is None else "mtdpstore"
         self.erases_reach_other_records = erasesize is not None  # mtdpstore: a block
         self.geometry = geometry
-        self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
         probes = Probes.read(device, self.zones,
@@ -131,8 +140,14 @@ class ZoneStore(Store):
                 log.debug("%s: %s", device.path, note)
                 self.assumed += (note,)
         self.abi = abi
+        self.symbols = symbols.within(8 * abi.long_size)
         self._kmsg_header_size = abi.kmsg_header_size
         self._records = self._recover(probes)
+        contradiction = disagreements(device.read, geometry, probes, self._byte_order,
+                                      device.size, flash=erasesize is not None) if given else None
+        self.warnings = geometry.impossible_zones() + ((contradiction,) if contradiction else ())
+        for warning in self.warnings:
+            log.warning("%s: %s", device.path, warning)
         self._erased = self._recover_erased(probes) if show_erased else []
         self._erased_slots = {record: len(self._records) + i
                               for i, record in enumerate(self._erased)}
@@ -154,7 +169,7 @@ class ZoneStore(Store):
             zones=len(self.zones), records=len(self._records),
             kernel_parameters=g.kernel_parameters(),
             mount_options=f"{g.mount_options()},abi={self.abi.name}",
-            assumed=self.assumed)
+            assumed=self.assumed, warnings=self.warnings)
 
     def describe(self) -> str:
         g = self.geometry
