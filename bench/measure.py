@@ -27,6 +27,15 @@ class BenchError(RuntimeError):
     pass
 
 
+ONE_CPU = ["taskset", "-c", "0"]
+"""The prefix that runs a command, and every process it starts, on CPU 0 alone: the
+one-CPU figures, where no wake-up crosses CPUs (bench/run's second ratio column)."""
+
+
+def pinned(cmd: list[str], pin: bool) -> list[str]:
+    return ONE_CPU + cmd if pin else cmd
+
+
 def timed(cmd: list[str], **kw) -> float:
     """Wall-clock seconds of a command that must succeed."""
     t0 = time.perf_counter()
@@ -120,11 +129,12 @@ class Mount:
                 os.kill(self.pid, 15)
 
 
-def start_pstorefs(image: str, mnt: str, options: str) -> tuple[Mount, float]:
+def start_pstorefs(image: str, mnt: str, options: str, pin: bool = False
+                   ) -> tuple[Mount, float]:
     """`pstorefs IMAGE MNT [-o OPTIONS]` as a user runs it (it returns once the mount
     is live, the daemon serving), then the first readdir: the seconds from the start
-    of the command until that readdir answered."""
-    cmd = [PSTOREFS, image, mnt] + (["-o", options] if options else [])
+    of the command until that readdir answered. With `pin`, on CPU 0 alone."""
+    cmd = pinned([PSTOREFS, image, mnt] + (["-o", options] if options else []), pin)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, env=ENV)
     if proc.returncode != 0:
@@ -139,11 +149,11 @@ def start_pstorefs(image: str, mnt: str, options: str) -> tuple[Mount, float]:
     return Mount("pstorefs", mnt, pids[0]), seconds
 
 
-def start_noop(index: str, mnt: str) -> tuple[Mount, float]:
+def start_noop(index: str, mnt: str, pin: bool = False) -> tuple[Mount, float]:
     """The no-op filesystem, started and waited for the same way."""
     read_end, write_end = os.pipe()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(python("noopfs.py", index, mnt, str(write_end)),
+    proc = subprocess.Popen(pinned(python("noopfs.py", index, mnt, str(write_end)), pin),
                             pass_fds=(write_end,), env=ENV)
     os.close(write_end)
     chunks = []
@@ -169,11 +179,12 @@ def build_squashfs(tree: str, image: str) -> None:
                     "-no-progress"], check=True, capture_output=True)
 
 
-def start_peer(kind: str, image: str, mnt: str) -> Mount:
+def start_peer(kind: str, image: str, mnt: str, pin: bool = False) -> Mount:
     """Mount the squashfs `image` through `kind` (a key of PEERS), ready once its first
-    readdir answered, as pstorefs is."""
+    readdir answered, as pstorefs is; with `pin`, squashfuse_ll's daemon on CPU 0."""
     if kind == "squashfuse_ll":
-        subprocess.run(["squashfuse_ll", image, mnt], check=True, capture_output=True)
+        subprocess.run(pinned(["squashfuse_ll", image, mnt], pin), check=True,
+                       capture_output=True)
         pids = holders(image)
         if len(pids) != 1:
             Mount(kind, mnt, -1).stop()

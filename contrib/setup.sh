@@ -8,7 +8,9 @@
 # Set-up: the system packages (fuse3, libfuse3-dev, pkg-config, a compiler, Python's
 # venv and headers, liblzo2-dev to build python-lzo, systemd for systemd-pstore, attr
 # for getfattr, squashfuse and squashfs-tools for bench/run's peers, man-db to check the
-# man pages, e2fsprogs for a foreign filesystem to refuse), a virtual environment in .venv with pstorefs and its test tools, and
+# man pages, e2fsprogs for a foreign filesystem to refuse), bookworm-backports' systemd
+# 254 extracted into .cache for the tests, a virtual environment in .venv with pstorefs
+# and its test tools, and
 # links of the commands into /usr/local/sbin, where mount(8) and mount.fuse3 (which run
 # with a fixed system PATH) find them.
 set -eu
@@ -24,6 +26,21 @@ if [ -n "$missing" ]; then
     echo "setup: installing$missing"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+# systemd-pstore 254 for the tests (tests/helpers/systemd.py), beside Debian 12's 252:
+# bookworm-backports' packages, extracted into .cache, not installed over the system's.
+backports=/etc/apt/sources.list.d/bookworm-backports.sources
+if ! grep -qs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/*; then
+    printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm-backports" \
+        "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" > "$backports"
+    apt-get update -qq
+fi
+if [ ! -e .cache/systemd-254/lib/systemd/systemd-pstore ]; then
+    rm -rf .cache/systemd-254 .cache/debs && mkdir -p .cache/debs
+    (cd .cache/debs && apt-get download -qq -o APT::Sandbox::User=root \
+        systemd/bookworm-backports libsystemd-shared/bookworm-backports)
+    for deb in .cache/debs/*.deb; do dpkg-deb -x "$deb" .cache/systemd-254; done
+    rm -rf .cache/debs
 fi
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"

@@ -38,10 +38,10 @@ JSON_FIELDS = ("name", "type", "size", "mtime_ns", "reason", "counter", "compres
 
 PROBE_FIELDS = ("source", "backend", "format", "abi", "little_endian", "kmsg_size",
                 "pmsg_size", "console_size", "ftrace_size", "nr_cpus", "capped", "zones",
-                "records", "kernel_parameters", "mount_options", "assumed")
+                "records", "kernel_parameters", "mount_options", "assumed", "warnings")
 """The stable fields of `probe --json` for pstore/zone (docs/pstorectl.md); the other
 back ends give `source`, `backend`, `format`, `abi`, `zones`, `records`,
-`kernel_parameters`, `mount_options`, `assumed` and their own parameters."""
+`kernel_parameters`, `mount_options`, `assumed`, `warnings` and their own parameters."""
 
 
 _SOURCE_HELP = "block device, MTD device or image file"
@@ -143,6 +143,8 @@ def _probe(store: Store, source: str, json_mode: str | None) -> None:
     print(f"# mount: -o {layout['mount_options']}")
     for note in layout["assumed"]:  # type: ignore[attr-defined]
         print(f"# assumed: {note}")
+    for note in layout["warnings"]:  # type: ignore[attr-defined]
+        print(f"# warning: {note}")
 
 
 ERASED_PREFIX = "erased/"

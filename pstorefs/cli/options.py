@@ -50,6 +50,10 @@ class MountOptions:
     subtype: str = "pstorefs"
     verbose: bool = False
     """`-o verbose`, as `-v`: mount.fuse3 drops mount(8)'s `-v` but passes options."""
+    sync_before_erase: str | None = None
+    """A directory whose filesystem is flushed (syncfs) before each `rm` erases: where
+    a program that copies a record and then removes it (systemd-pstore, which does
+    not fsync) keeps its copy."""
 
 
 def _int(name: str, value: str, base: int = 10) -> int:
@@ -137,6 +141,8 @@ def parse_options(groups: list[str]) -> MountOptions:
                 opts.default_permissions = True
             elif item == "verbose":
                 opts.verbose = True
+            elif key == "sync_before_erase" and has_value and value:
+                opts.sync_before_erase = value
             elif key == "fsname" and has_value and value:
                 opts.fsname = value
             elif key == "subtype" and has_value and value:
@@ -186,6 +192,9 @@ it); once one is given, the others take the kernel's defaults as below:
   allow_other      let other users in (implies default_permissions)
   default_permissions, fsname=, subtype=   as in libfuse (defaults: SOURCE, pstorefs)
   verbose          as -v: also print what goes to the log (the layout found)
+  sync_before_erase=DIR
+                   before each rm erases, flush DIR's filesystem (syncfs): a record
+                   copied there first (systemd-pstore) is on disk before it is erased
   mount(8) options (defaults, nofail, noauto, _netdev, dev, suid, x-*, ...) are ignored.
 """
 

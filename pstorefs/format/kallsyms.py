@@ -4,6 +4,12 @@ The kernel's ftrace file names functions with `%ps`/`%pS`; offline the only sour
 names is the writer's System.map. To print what the kernel printed, the table must hold
 what scripts/kallsyms.c put in the image (text symbols only, without
 CONFIG_KALLSYMS_ALL) and aliases must be ranked as its `compare_symbols` ranks them.
+
+A System.map is `nm -n vmlinux`, and binutils keeps a MIPS32 kernel's addresses
+sign-extended to 64 bits (elf32-mips.c sets `elf_backend_sign_extend_vma`; nm prints
+the 64-bit value): `ffffffff801291bc T raise_softirq`, where the writer's `unsigned
+long` holds `801291bc`. Arm, i386 and ppc32 maps list 8 digits. So a table is matched
+within the writer's word size (`SymbolTable.within`), whatever the map's digits.
 """
 
 from __future__ import annotations
@@ -81,6 +87,22 @@ class SymbolTable:
 
     def __len__(self) -> int:
         return len(self._addresses)
+
+    def within(self, bits: int) -> SymbolTable:
+        """This table as a `bits`-bit kernel's kallsyms holds it: every address cut to
+        the word (a sign-extended MIPS32 map); the table itself where all fit."""
+        mask = (1 << bits) - 1
+        highest = max((0, *self._addresses[-1:], *(end for _s, end in self._ranges)))
+        if highest <= mask:
+            return self
+        table = SymbolTable(())
+        table._ranges = [(start & mask, end & mask) for start, end in self._ranges]
+        for address, name in sorted(zip((a & mask for a in self._addresses), self._names,
+                                        strict=True), key=lambda pair: pair[0]):
+            if not table._addresses or table._addresses[-1] != address:
+                table._addresses.append(address)
+                table._names.append(name)
+        return table
 
     def lookup(self, address: int) -> Symbol | None:
         """The symbol holding `address`, or None where the kernel finds no name."""

@@ -93,6 +93,14 @@ def opens_with_signature(raw: bytes, ptype: PstoreType) -> bool:
     first thing every verdict on a zone asks, before the byte order is known."""
     return raw[:SIGNATURE_SIZE] in _SIGNATURES[ptype]
 
+
+_SIGNATURE_TYPES = {sig: ptype for ptype, sigs in _SIGNATURES.items() for sig in sigs}
+
+
+def signature_type(raw: bytes) -> PstoreType | None:
+    """The type of zone whose `sig` opens `raw` (either byte order), if any."""
+    return _SIGNATURE_TYPES.get(raw[:SIGNATURE_SIZE])
+
 HEADER_PROBE = PSZ_BUFFER_SIZE + 4
 """Bytes that show a zone header found anywhere for what it is: the header, and the
 dmesg header's `magic` after either format's zone header (at +8 or +12)."""

@@ -77,14 +77,19 @@ async def in_thread(store: Store, func: Callable[..., T], *args: object,
     answering; its errors become the FUSEError the request answers with, logged."""
     try:
         return await trio.to_thread.run_sync(func, *args, **{ABANDON_ON_CANCEL: abandon_on_cancel})
-    except PstoreError as exc:
-        log.error("%s", exc)
-        raise pyfuse3.FUSEError(errno_of(exc)) from None
-    except OSError as exc:
-        log.error("%s: %s", store.describe(), exc)
-        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
     except Exception as exc:
-        raise internal_error(exc, store) from None
+        raise fuse_error(exc, store) from None
+
+
+def fuse_error(exc: Exception, store: Store) -> pyfuse3.FUSEError:
+    """What a blocking call of `store` that raised `exc` answers with, logged."""
+    if isinstance(exc, PstoreError):
+        log.error("%s", exc)
+        return pyfuse3.FUSEError(errno_of(exc))
+    if isinstance(exc, OSError):
+        log.error("%s: %s", store.describe(), exc)
+        return pyfuse3.FUSEError(exc.errno or errno.EIO)
+    return internal_error(exc, store)
 
 
 def logged(task: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:

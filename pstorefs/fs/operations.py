@@ -14,11 +14,13 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyfuse3
 import trio
 
+from pstorefs.fs.erase import Eraser
 from pstorefs.fs.errors import in_thread, internal_error
 from pstorefs.fs.listing import Files, Listed, Listing, entry_within, kernel_caches_listing
 from pstorefs.fs.read_ahead import ReadAhead
@@ -78,13 +80,16 @@ class Ownership:
 class OpenFiles:
     """The contents of the open files: one copy per inode however many handles share
     it, kept until the last is released, so that a read is a slice of memory whatever
-    the store's cache dropped meanwhile (or, a `RangedBody`, a range it renders)."""
+    the store's cache dropped meanwhile (or, a `RangedBody`, a range it renders). An
+    inode whose content the kernel's page cache holds already (`Operations._in_kernel`)
+    may be opened with none (`body` None): it is fetched on the first READ, which comes
+    only if the kernel evicted pages."""
 
     def __init__(self) -> None:
         self._inodes: dict[int, int] = {}
         """The inode of each handle."""
-        self._bodies: dict[int, tuple[Body, int]] = {}
-        """Each open inode's content and how many handles it has."""
+        self._bodies: dict[int, tuple[Body | None, int]] = {}
+        """Each open inode's content (None: not fetched) and how many handles it has."""
         self._next_fh = 1
 
     def __contains__(self, inode: int) -> bool:
@@ -93,22 +98,26 @@ class OpenFiles:
     def keep(self, inode: int, body: Body) -> bool:
         """Keep `body` as the content of `inode` for its handles, unless another open
         kept it first (it won the race for the read): whether this one was kept."""
-        if inode in self._bodies:
+        if self.body(inode) is not None:
             return False
-        self._bodies[inode] = (body, 0)
+        self._bodies[inode] = (body, self._bodies.get(inode, (None, 0))[1])
         return True
 
+    def body(self, inode: int) -> Body | None:
+        """The content kept for `inode`, None if none is."""
+        return self._bodies.get(inode, (None, 0))[0]
+
     def open(self, inode: int) -> int:
-        """A new handle on `inode`, whose content is kept."""
-        body, opens = self._bodies[inode]
+        """A new handle on `inode`, with its content kept or not (see the class)."""
+        body, opens = self._bodies.get(inode, (None, 0))
         self._bodies[inode] = (body, opens + 1)
         fh = self._next_fh
         self._next_fh += 1
         self._inodes[fh] = inode
         return fh
 
-    def body(self, fh: int) -> Body:
-        return self._bodies[self._inodes[fh]][0]
+    def inode(self, fh: int) -> int:
+        return self._inodes[fh]
 
     def release(self, fh: int) -> None:
         inode = self._inodes.pop(fh, None)
@@ -121,14 +130,17 @@ class OpenFiles:
             del self._bodies[inode]
 
 
-def _store_in_kernel(inode: int, body: bytes) -> None:
+def _store_in_kernel(inode: int, body: bytes) -> bool:
     """Put `body` in the kernel's page cache of `inode` before the open replies (with
     `keep_cache`, which keeps it there): the reads that follow are answered by the
-    kernel, one request per file fewer. Where the kernel refuses, reads ask as usual."""
+    kernel, one request per file fewer. Whether it was stored: where the kernel
+    refuses, reads ask as usual."""
     try:
         pyfuse3.notify_store(inode, 0, body)
     except OSError as exc:
         log.debug("storing inode %d in the page cache: %s", inode, exc)
+        return False
+    return True
 
 
 class Operations(pyfuse3.Operations):
@@ -146,7 +158,10 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, store: Store, ownership: Ownership, *, read_only: bool,
-                 show_erased: bool = False) -> None:
+                 show_erased: bool = False,
+                 before_erase: Callable[[], None] | None = None) -> None:
+        """`before_erase` runs before every erase, which does not happen if it raises
+        (`-o sync_before_erase`: the copy of the record made elsewhere is on disk)."""
         super().__init__()
         self.store = store
         self.ownership = ownership
@@ -161,8 +176,14 @@ class Operations(pyfuse3.Operations):
                                 changed_ns=self.mount_time_ns)
         self._read_ahead = ReadAhead(store, self._files, self._listed, self._live)
         self._open = OpenFiles()
+        self._in_kernel = bytearray(len(self._files))
+        """1 for each file whose whole content was stored in the kernel's page cache
+        (`_store_in_kernel`) since the kernel last forgot its inode: opening it again
+        needs nothing from the store (`keep_cache` keeps those pages)."""
         self._recent_xattrs: dict[int, dict[str, str]] = {}
         self._erase_lock = trio.Lock()
+        self._eraser = Eraser(store)
+        self._before_erase = before_erase
 
     # -- helpers ------------------------------------------------------------------
     def _index(self, inode: int) -> int:
@@ -313,7 +334,12 @@ class Operations(pyfuse3.Operations):
         return None
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
-        return None  # inodes are fixed for the mount's life: nothing to release
+        """Inodes are fixed for the mount's life: nothing to release, but the kernel's
+        page cache of a forgotten inode is gone with it."""
+        for inode, _ in inode_list:
+            index = inode - pyfuse3.ROOT_INODE - 1
+            if 0 <= index < len(self._in_kernel):
+                self._in_kernel[index] = 0
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         st = pyfuse3.StatvfsData()
@@ -326,25 +352,37 @@ class Operations(pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------------
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        """The content is read now and stored in the kernel's page cache, so that no
+        READ follows; unless it is there already from an earlier open (a copy after a
+        first read, as systemd-pstore does): then nothing is read at all."""
         if flags & WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EACCES)
-        if inode not in self._open:
-            index = self._index(inode)
+        index = self._index(inode)
+        if inode not in self._open and not self._in_kernel[index]:
             self._read_ahead.requested(index)
-            record = self._files[index]
+            body = await self._body(inode)
+            if (self._open.keep(inode, body) and isinstance(body, bytes)
+                    and len(body) <= STORE_IN_KERNEL):
+                self._in_kernel[index] = _store_in_kernel(inode, body)
+        return pyfuse3.FileInfo(fh=self._open.open(inode), keep_cache=True)
+
+    async def _body(self, inode: int) -> Body:
+        """The content of `inode`: the open files', the store's cache, or decoded."""
+        body = self._open.body(inode)
+        if body is None:
+            record = self._files[self._index(inode)]
             body = self.store.body(record, wait=False)
             if body is None:
                 body = await in_thread(self.store, self.store.body, record)
-            if (self._open.keep(inode, body) and isinstance(body, bytes)
-                    and len(body) <= STORE_IN_KERNEL):
-                _store_in_kernel(inode, body)
-        return pyfuse3.FileInfo(fh=self._open.open(inode), keep_cache=True)
+        return body
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         """Asked only for what the kernel's page cache lacks: a body too large for
-        `notify_store`, or pages it evicted since. A ranged body renders the range in
-        a worker thread."""
-        body = self._open.body(fh)
+        `notify_store` or a ranged one (which renders the range in a worker thread),
+        or pages the kernel evicted since."""
+        inode = self._open.inode(fh)
+        body = await self._body(inode)
+        self._open.keep(inode, body)
         if isinstance(body, RangedBody):
             return await in_thread(self.store, body.read, off, size)
         return body[off:off + size]
@@ -360,7 +398,11 @@ class Operations(pyfuse3.Operations):
             inode = await self._find(parent_inode, name)
             if (await self._entry(inode)).name != os.fsdecode(name):
                 raise pyfuse3.FUSEError(errno.ENOENT)  # located, not found: see Store.locate
-            await in_thread(self.store, self.store.erase, self._files[self._index(inode)])
+            if inode in self._open:  # its handles read on after the erase (unlink rule)
+                self._open.keep(inode, await self._body(inode))
+            if self._before_erase is not None:
+                await in_thread(self.store, self._before_erase)
+            await self._eraser.erase(self._files[self._index(inode)])
             self._listed.discard(self._index(inode))
 
     # -- extended attributes: what the store knows of a record ---------------------------
@@ -371,8 +413,10 @@ class Operations(pyfuse3.Operations):
             return {}
         attrs = self._recent_xattrs.pop(inode, None)
         if attrs is None:
-            attrs = await in_thread(self.store, self.store.attributes,
-                                    self._files[self._index(inode)])
+            record = self._files[self._index(inode)]
+            attrs = self.store.attributes(record, wait=False)
+            if attrs is None:
+                attrs = await in_thread(self.store, self.store.attributes, record)
         self._recent_xattrs[inode] = attrs
         while len(self._recent_xattrs) > XATTRS_KEPT:
             self._recent_xattrs.pop(next(iter(self._recent_xattrs)))

@@ -176,6 +176,9 @@ class Layout:
     little_endian: bool | None = None
     parameters: Mapping[str, object] = field(default_factory=dict)
     assumed: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """What of the layout no writer of the bytes can have used (options that contradict
+    the headers, a zone kmalloc does not give): logged too, never a refusal."""
 
     def as_dict(self) -> dict[str, object]:
         """Flat, for JSON: the fields, with the back end's parameters among them."""
@@ -185,7 +188,8 @@ class Layout:
             head["little_endian"] = self.little_endian
         return {**head, **self.parameters, "zones": self.zones, "records": self.records,
                 "kernel_parameters": self.kernel_parameters,
-                "mount_options": self.mount_options, "assumed": list(self.assumed)}
+                "mount_options": self.mount_options, "assumed": list(self.assumed),
+                "warnings": list(self.warnings)}
 
 
 def partial_states(header: bytes, writes: Sequence[tuple[int, bytes]]) -> list[bytes]:
@@ -407,9 +411,15 @@ class Store(ABC):
         """Release the source."""
         self.device.close()
 
-    @abstractmethod
-    def attributes(self, record: Record) -> dict[str, str]:
-        """What the back end knows of `record` beyond its file (extended attributes)."""
+    @overload
+    def attributes(self, record: Record, *, wait: Literal[True] = ...) -> dict[str, str]: ...
+    @overload
+    def attributes(self, record: Record, *, wait: bool) -> dict[str, str] | None: ...
+
+    def attributes(self, record: Record, *, wait: bool = True) -> dict[str, str] | None:
+        """What the back end knows of `record` beyond its file (extended attributes);
+        with `wait=False`, None unless known without touching the device."""
+        return self._attributes(record, wait)
 
     @abstractmethod
     def layout(self) -> Layout:
@@ -420,6 +430,10 @@ class Store(ABC):
         """One line naming the source and the layout in use, for logs."""
 
     # -- what a back end implements ---------------------------------------------------
+    @abstractmethod
+    def _attributes(self, record: Record, wait: bool) -> dict[str, str] | None:
+        """`attributes`: None only where `wait` is False and the device would be read."""
+
     @abstractmethod
     def _decode(self, record: Record) -> Decoded:
         """The record's file, read from the device."""

@@ -41,7 +41,7 @@ def load_system_map(path: str) -> SymbolTable:
                                   f"{MAX_SYSTEM_MAP >> 20} MiB: not a System.map")
             fh.seek(0)
             chunks = _inflated(path, fh) if gzipped else iter(lambda: fh.read(_CHUNK), b"")
-            table = SymbolTable(_lines(path, chunks))
+            table = SymbolTable(_lines(path, _capped(path, chunks)))
     except OSError as exc:
         raise SourceError(f"system_map={path}: cannot read: {exc.strerror}") from None
     finally:
@@ -67,6 +67,18 @@ def _open_regular(path: str) -> int:
         os.close(fd)
         raise SourceError(f"system_map={path}: {refusal}")
     return fd
+
+
+def _capped(path: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`chunks`, refused once they pass `MAX_SYSTEM_MAP` bytes: a regular file's size
+    does not bound what it reads (/proc's files say 0 bytes, a file may grow)."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > MAX_SYSTEM_MAP:
+            raise SourceError(f"system_map={path}: more than {MAX_SYSTEM_MAP >> 20} MiB "
+                              "read: not a System.map")
+        yield chunk
 
 
 def _inflates_past(path: str, fh: BinaryIO, limit: int) -> bool:

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from helpers.cases import BACKEND_CASES, CASES, Case
-from helpers.detect import KIB, MIB, case_config, records, save, sha, stale_smaller_zones
+from helpers.detect import (
+    KIB,
+    MIB,
+    PAST_CAP_ALONE,
+    case_config,
+    past_cap_alone,
+    records,
+    save,
+    sha,
+    stale_smaller_zones,
+)
 from helpers.machine import VENV_BIN
 from helpers.zone_writer import ZoneWriter
 from pstorefs.cli.ctl import PROBE_FIELDS
@@ -111,3 +121,58 @@ def test_probe_json_lines_is_one_line() -> None:
     assert lines.returncode == pretty.returncode == 0, lines.stderr
     assert lines.stdout.count("\n") == 1
     assert json.loads(lines.stdout) == json.loads(pretty.stdout)
+
+
+def test_records_past_the_cap_alone(tmp_path: Path) -> None:
+    """Linux 5.10's records in zones 32767-32769 of 160 MiB, nothing before them: the
+    131068 KiB in front are no pmsg zone (kmalloc gives none that large), so probe and
+    list number them as `kmsg_size=4` does, and `erase` hits the right zone."""
+    path = past_cap_alone(tmp_path)
+    probe = ctl("probe", str(path))
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    assert lines[0] == ("pstore_blk.kmsg_size=4 pstore_blk.pmsg_size=0 "
+                        "pstore_blk.console_size=0 pstore_blk.ftrace_size=0")
+    assert lines[1].endswith("records 3, past the 128 MiB cap")
+    assert any(line.startswith("# assumed: the 131068 KiB before the first dmesg header")
+               for line in lines)
+    detected = ctl("list", "--json", str(path))
+    pinned = ctl("list", "--json", str(path), "-o", "kmsg_size=4")
+    assert detected.returncode == pinned.returncode == 0, (detected.stderr, pinned.stderr)
+    rows = json.loads(detected.stdout)
+    assert rows == json.loads(pinned.stdout)
+    assert [(row["name"], row["zone_offset"]) for row in rows] == [
+        (f"dmesg-blkoops-{n}", 4 * KIB * n) for n in PAST_CAP_ALONE]
+    erased = ctl("erase", str(path), "dmesg-blkoops-32769")
+    assert erased.returncode == 0, erased.stderr
+    after = json.loads(ctl("list", "--json", str(path), "-o", "kmsg_size=4").stdout)
+    assert [row["name"] for row in after] == ["dmesg-blkoops-32767", "dmesg-blkoops-32768"]
+
+
+def test_probe_warns_of_sizes_that_contradict_the_headers(tmp_path: Path) -> None:
+    w = ZoneWriter(X86_64, MIB, kmsg_size=64 * KIB)
+    records(w, 3)
+    path = save(w, tmp_path)
+    before = sha(path)
+    probe = ctl("probe", str(path), "-o", "kmsg_size=32")
+    assert probe.returncode == 0, probe.stderr
+    warnings = [line for line in probe.stdout.splitlines() if line.startswith("# warning: ")]
+    assert len(warnings) == 1 and "detection finds kmsg_size=64,pmsg_size=0," in warnings[0]
+    layout = json.loads(ctl("probe", "--json", str(path), "-o", "kmsg_size=32").stdout)
+    assert [f"# warning: {w}" for w in layout["warnings"]] == warnings
+    listed = ctl("list", str(path), "-o", "kmsg_size=32")
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == [
+        "dmesg-blkoops-0", "dmesg-blkoops-2", "dmesg-blkoops-4"]
+    assert len(listed.stderr.splitlines()) == 1 and "the sizes given (" in listed.stderr
+    assert json.loads(ctl("probe", "--json", str(path)).stdout)["warnings"] == []
+    assert sha(path) == before
+
+
+def test_probe_says_a_zone_kmalloc_does_not_give(tmp_path: Path) -> None:
+    w = ZoneWriter(X86_64, 16 * MIB, kmsg_size=64 * KIB)
+    records(w, 1)
+    probe = ctl("probe", str(save(w, tmp_path)), "-o", "kmsg_size=64,pmsg_size=8192")
+    assert probe.returncode == 0, probe.stderr
+    assert "# warning: a pmsg zone of 8192 KiB: more than the 4 MiB kmalloc gives a zone " \
+           "with 4 KiB pages" in probe.stdout

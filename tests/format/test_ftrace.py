@@ -16,7 +16,15 @@ from helpers.abis import ALL
 from helpers.cases import CASES, Case
 from helpers.ftrace import kernel_combine, render_records
 from helpers.zone_writer import ftrace_record, kernel_sizes, layout
-from pstorefs.format.abi import I386, LE32_CPUIP3, X86_64, Abi, ftrace_record_format, resolve_abi
+from pstorefs.format.abi import (
+    I386,
+    LE32,
+    LE32_CPUIP3,
+    X86_64,
+    Abi,
+    ftrace_record_format,
+    resolve_abi,
+)
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType
 from pstorefs.format.ftrace import (
     FtraceRecord,
@@ -274,3 +282,83 @@ def test_map_without_text_range_names_nothing() -> None:
     table = SymbolTable(["ffffffff81000000 T foo", "ffffffff81000100 T bar"])
     assert len(table) == 0
     assert table.name(0xFFFFFFFF81000010) == "0xffffffff81000010"
+
+
+# -- 32-bit writers: the map's digits do not decide, the writer's word does ---------------
+MIPS32_MAP = """\
+8f1c2a0b A __crc_raise_softirq
+ffffffff80100000 T __split_text_end
+ffffffff80100000 T __split_text_start
+ffffffff80100000 T _stext
+ffffffff80100000 T _text
+ffffffff80100000 t run_init_process
+ffffffff80100138 t try_to_run_init_process
+ffffffff80129150 T raise_softirq_irqoff
+ffffffff801291bc T raise_softirq
+ffffffff80129210 T __raise_softirq_irqoff
+ffffffff80129268 T open_softirq
+ffffffff80173e20 T run_local_timers
+ffffffff80173ed0 T update_process_times
+ffffffff80173f68 t process_timeout
+ffffffff80173f70 T schedule_timeout
+ffffffff806d7f20 T _etext
+ffffffff80760000 T __init_begin
+ffffffff80760000 T _sinittext
+ffffffff80760000 T start_kernel
+ffffffff80798a2c T _einittext
+ffffffff807a0000 D _sdata
+ffffffff807e5c40 b softirq_vec
+ffffffff808b1000 B _end
+""".splitlines()
+"""A 32-bit MIPS kernel's System.map: binutils keeps MIPS32 addresses sign-extended
+(elf32-mips.c `elf_backend_sign_extend_vma`) and nm prints all 64 bits, as on the
+RTL9300 (MIPS32) map quoted on linux-mips (2024-11)."""
+
+ARM_MAP = """\
+c0004000 A swapper_pg_dir
+c0008000 T _text
+c0008000 T stext
+c0100000 T __exception_text_start
+c0100000 T _stext
+c0100000 T asm_do_IRQ
+c012a050 T raise_softirq_irqoff
+c012a0c8 T raise_softirq
+c012a118 T __raise_softirq_irqoff
+c01b6e70 T update_process_times
+c01b6f00 t process_timeout
+c01b6f08 T schedule_timeout
+c0900000 T _etext
+c0b00000 T __init_begin
+c0b00000 T _sinittext
+c0b3f1a0 T _einittext
+c0c00000 D _sdata
+""".splitlines()
+"""A 32-bit arm kernel's System.map: 8 digits (elf32-arm does not sign-extend); i386's
+(the fixture's) and ppc32's look the same."""
+
+
+def test_sign_extended_mips32_map_names_32_bit_records() -> None:
+    """The kernel printed `raise_softirq <- update_process_times+0x5c/0x98` for records
+    holding `0x801291d4`, `0x80173f2c` (its `unsigned long`s)."""
+    table = SymbolTable(MIPS32_MAP)
+    records = [FtraceRecord(0x801291D4, 0x80173F2C, 0, 2486358),
+               FtraceRecord(0x80760010, 0xC0001234, 1, 2486359)]  # init text; a module
+    assert render_records(records, table.within(32), LE32) == (
+        b"CPU:0 ts:2486358 801291d4  80173f2c  raise_softirq <- update_process_times+0x5c/0x98\n"
+        b"CPU:1 ts:2486359 80760010  c0001234  start_kernel <- 0xc0001234\n")
+    assert render_records(records, table, LE32) == (  # without the word size: what issue 17 saw
+        b"CPU:0 ts:2486358 801291d4  80173f2c  0x801291d4 <- 0x80173f2c\n"
+        b"CPU:1 ts:2486359 80760010  c0001234  0x80760010 <- 0xc0001234\n")
+    assert table.within(64) is table
+    narrow = table.within(32)
+    assert len(narrow) == len(table)
+    assert narrow.lookup(0x806D7F1F).name == "schedule_timeout"  # type: ignore[union-attr]
+    assert narrow.lookup(0x806D7F20) is None  # _etext: outside, as before
+
+
+def test_unextended_32_bit_map_is_kept_as_is() -> None:
+    table = SymbolTable(ARM_MAP)
+    assert table.within(32) is table
+    records = [FtraceRecord(0xC012A0DC, 0xC01B6EA4, 0, 77)]
+    assert render_records(records, table.within(32), LE32) == (
+        b"CPU:0 ts:77 c012a0dc  c01b6ea4  raise_softirq <- update_process_times+0x34/0x90\n")

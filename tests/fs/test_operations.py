@@ -303,7 +303,7 @@ async def test_xattrs_of_a_record_are_asked_for_once(open_ops) -> None:
     inode = (await m.ops.lookup(ROOT, b"dmesg-pstore_blk-0", CTX)).st_ino
     calls = []
     real = m.ops.store.attributes
-    m.ops.store.attributes = lambda record: calls.append(record) or real(record)
+    m.ops.store.attributes = lambda record, **kw: calls.append(record) or real(record, **kw)
     names = await m.ops.listxattr(inode, CTX)
     values = {n: await m.ops.getxattr(inode, n, CTX) for n in names}
     assert len(calls) == 1 and len(values) >= 8

@@ -9,6 +9,7 @@ import errno
 import os
 import stat
 import struct
+import threading
 from pathlib import Path
 
 import pyfuse3
@@ -398,3 +399,42 @@ async def test_unlink_is_for_root_and_the_files_owner(open_ops) -> None:
     assert m.image.read_bytes() == before
     await m.ops.unlink(ROOT, name, Ctx(uid=65534))
     assert m.image.read_bytes() != before
+
+
+# -- the erase hand-off: the loop waits for a fast device, serves on past a slow one -----------
+async def test_an_erase_that_stalls_leaves_the_loop_serving(open_ops) -> None:
+    """While a record's erase is stuck in the device, lookups and reads of the others
+    are answered; the erase completes once the device answers, and the erases after a
+    slow one are awaited without holding the loop at all, until one is fast again."""
+    m = open_ops(KMSG)
+    store = m.ops.store
+    device_answers = threading.Event()
+    erasing = threading.Event()
+    real_erase = store.erase
+
+    def stalled_erase(record) -> None:
+        erasing.set()
+        device_answers.wait()
+        real_erase(record)
+
+    store.erase = stalled_erase
+    victim, other = b"dmesg-pstore_blk-0", b"dmesg-pstore_blk-1"
+    await m.ops.lookup(ROOT, victim, CTX)
+    assert m.ops._eraser.fast
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.ops.unlink, ROOT, victim, CTX)
+        await trio.to_thread.run_sync(erasing.wait)
+        attrs = await m.ops.lookup(ROOT, other, CTX)  # answered mid-erase
+        assert await read_all(m.ops, attrs.st_ino) == KMSG.files[other.decode()]
+        assert not device_answers.is_set()
+        device_answers.set()
+    await expect_errno(errno.ENOENT, m.ops.lookup(ROOT, victim, CTX))
+    assert not m.ops._eraser.fast  # that one was slow: the next is awaited at once
+    store.erase = real_erase
+    await m.ops.unlink(ROOT, other, CTX)
+    assert m.ops._eraser.fast  # and fast again
+    store.close()
+    again = open_ops(KMSG, path=m.image)
+    assert sorted(again.ops.store.entry(r).name for r in again.ops.store.records) == sorted(
+        n for n in KMSG.files if n.encode() not in (victim, other))
+

@@ -191,3 +191,22 @@ def stale_smaller_zones(tmp_path: Path, first_size: int) -> Path:
 def zone_header(abi: Abi, ptype: PstoreType, datalen: int, start: int) -> bytes:
     order = "<" if abi.little_endian else ">"
     return struct.pack(order + "Iii", PSZ_SIG ^ ptype, datalen, start)
+
+
+PAST_CAP_ALONE = (32767, 32768, 32769)
+"""Linux 5.10 on 160 MiB with 4 KiB zones (no cap then) wrote these dmesg zones and
+nothing before them (issue 17)."""
+
+
+def past_cap_alone(tmp_path: Path, indexes: tuple[int, ...] = PAST_CAP_ALONE) -> Path:
+    """That partition as a sparse image: the test writer's 4 KiB dmesg zones (their
+    bytes do not depend on where they lie) placed at those zone indexes."""
+    path = tmp_path / "past-cap.bin"
+    with open(path, "wb") as fh:
+        fh.truncate(160 * MIB)
+        for n in indexes:
+            w = ZoneWriter(X86_64, 4 * KIB, kmsg_size=4 * KIB)
+            w.dmesg(oops_text(n, 2000), time=(1_700_000_000 + n, 0))
+            fh.seek(4 * KIB * n)
+            fh.write(bytes(w.image))
+    return path

@@ -13,7 +13,8 @@ where, by byte range, it can be made to fail:
 * `vanish`: every operation fails (EIO, ENXIO, ...) as if the USB stick was pulled;
   `vanish_size0` reports the file as empty and reads as end-of-file, as the kernel does
   for a removed disk (its capacity set to 0);
-* `stall`: reads of a range block until the control changes (a hung device);
+* `stall`: reads of a range, or fdatasync, block until the control changes (a hung
+  device);
 * `kill`: SIGKILL a given pid just before or just after the Nth write (a power cut at an
   exact write boundary).
 
@@ -108,6 +109,13 @@ def serve(image: str, mountpoint: str, control: str, log_path: str) -> None:
             return i, rule
         return None
 
+    async def stall() -> None:
+        """Until the control changes: a hung device."""
+        stamp = Control.stamp
+        while Control.stamp == stamp:
+            await trio.sleep(0.05)
+            Control.get()
+
     class FaultyFS(pyfuse3.Operations):
         def __init__(self) -> None:
             super().__init__()
@@ -170,10 +178,7 @@ def serve(image: str, mountpoint: str, control: str, log_path: str) -> None:
                 rule = hit[1]
                 if rule.get("stall"):
                     note(ev="fault", op="read", off=off, len=size, fault="stall")
-                    stamp = Control.stamp
-                    while Control.stamp == stamp:
-                        await trio.sleep(0.05)
-                        Control.get()
+                    await stall()
                     return os.pread(fd, size, off)
                 if rule.get("short"):
                     keep = max(rule.get("start", 0) - off, 0)
@@ -218,7 +223,10 @@ def serve(image: str, mountpoint: str, control: str, log_path: str) -> None:
         async def fsync(self, fh, datasync):
             vanished("fsync")
             hit = rule_for("fsync", 0, 0)
-            if hit is not None:
+            if hit is not None and hit[1].get("stall"):
+                note(ev="fault", op="fsync", fault="stall")
+                await stall()
+            elif hit is not None:
                 code = _errno(hit[1].get("errno"))
                 note(ev="fault", op="fsync", fault=errno.errorcode[code])
                 raise pyfuse3.FUSEError(code)

@@ -305,3 +305,45 @@ def test_one_file_removed_by_many_at_the_same_instant(victim: str, tmp_path: Pat
         assert sorted(os.listdir(m)) == rest
     FIGURES["simultaneous rm of one file"] += 16
     shutil.rmtree(tmp_path / "mnt", ignore_errors=True)
+
+
+def _read_evicted(path: Path, fd: int | None = None) -> bytes:
+    """The file's bytes after the kernel dropped its cached pages (as memory pressure
+    would), so that they are asked for again."""
+    own = fd is None
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        chunks, off = [], 0
+        while chunk := os.pread(fd, 4096, off):
+            chunks.append(chunk)
+            off += len(chunk)
+        return b"".join(chunks)
+    finally:
+        if own:
+            os.close(fd)
+
+
+def test_pages_the_kernel_dropped_are_read_again(tmp_path: Path) -> None:
+    """A file opened again while the kernel's page cache holds it (stored there at its
+    first open) is not read from the store; pages the kernel dropped since are asked
+    for and read again: the bytes stay the kernel's files', also through a handle held
+    open across the file's rm."""
+    case = case_by_id("x86_64-all-fronts")
+    img = tmp_path / "image.bin"
+    img.write_bytes(case.image.read_bytes())
+    victim = "dmesg-pstore_blk-0"
+    with mounted(img, tmp_path / "mnt", case.options) as m:
+        for name, want in case.files.items():
+            assert (m / name).read_bytes() == want, name
+        for name, want in case.files.items():
+            assert _read_evicted(m / name) == want, name
+            assert (m / name).read_bytes() == want, name
+        fd = os.open(m / victim, os.O_RDONLY)
+        try:
+            os.unlink(m / victim)
+            assert _read_evicted(m / victim, fd) == case.files[victim]
+        finally:
+            os.close(fd)
+        assert victim not in os.listdir(m)

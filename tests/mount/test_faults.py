@@ -478,6 +478,53 @@ def test_stalled_read_does_not_freeze_the_mount(tmp_path: Path) -> None:
             count("stalled reads", 1)
 
 
+def test_stalled_fdatasync_of_an_rm_does_not_freeze_the_mount(tmp_path: Path) -> None:
+    """An erase whose fdatasync the device never answers blocks that `rm` only (the
+    event loop waits for a fast erase itself, and moves on past a slow one): statfs,
+    and opens, reads and attributes of the other records answer meanwhile; once the
+    device answers, the rm completes, durable, with the kernel's erase, and the next
+    rm works as before. (`ls`, and lookups of names the kernel has not cached, wait:
+    the kernel holds the directory's lock across an unlink, whatever the daemon does.)"""
+    case = ALL_FRONTS
+    victim, after = "dmesg-pstore_blk-0", "pmsg-pstore_blk-0"
+    before = case.image.read_bytes()
+    with faulty_case(tmp_path, case) as fm:
+        with pstorefs_on(fm.file, tmp_path / "mnt", case.options) as (m, _):
+            for name in case.files:
+                assert (m / name).read_bytes() == case.files[name]
+            fm.set(faults=[{"op": "fsync", "stall": True}])
+            result: dict[str, int | None] = {}
+            t = threading.Thread(
+                target=lambda: result.update(code=os_error(lambda: os.unlink(m / victim))),
+                daemon=True)
+            t.start()
+            try:
+                assert wait_for(lambda: any(f.get("fault") == "stall" for f in fm.faults()),
+                                10)
+                within(5, lambda: os.statvfs(m), "statfs")
+                for name in sorted(set(case.files) - {victim}):
+                    got = within(5, lambda n=name: (m / n).read_bytes(),
+                                 f"cat {name} while an erase's fdatasync is stalled")
+                    assert got == case.files[name]
+                    assert within(5, lambda n=name: os.listxattr(m / n), f"getfattr {name}")
+                assert t.is_alive(), "rm returned while its fdatasync was stalled"
+            finally:
+                fm.clear()
+                t.join(10)
+            assert not t.is_alive(), "rm did not complete after the device answered"
+            assert result["code"] is None, f"rm: {os.strerror(result['code'] or 0)}"
+            assert within(10, lambda: os_error(lambda: os.unlink(m / after)), "rm") is None
+            assert set(os.listdir(m)) == set(case.files) - {victim, after}
+            count("stalled fdatasyncs", 1)
+        image = fm.image.read_bytes()
+    want = bytearray(before)
+    for name in (victim, after):
+        for z in zones_of(case, name):
+            want[z.offset:z.offset + z.size] = erased_zone(before, z,
+                                                           start_too=z.type != "dmesg")
+    assert image == bytes(want)
+
+
 # == power cuts ====================================================================
 def storm(m: Path, names: list[str], done: list[float] | None = None,
           before: Callable[[int], None] | None = None) -> threading.Thread:

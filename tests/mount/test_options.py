@@ -255,6 +255,25 @@ def test_silent_on_success_and_verbose_says_the_layout(flags: tuple[str, ...], t
         unmount(mnt, img)
 
 
+def test_sizes_that_contradict_the_headers_warn_in_one_line(tmp_path: Path, mnt: Path) -> None:
+    """`kmsg_size=32` on the fixture's 64 KiB zones mounts as asked (the records as
+    zones 0, 2, 4), with one line on stderr naming the sizes detection finds."""
+    img = copy_image(tmp_path, KMSG)
+    before = sha256(img)
+    r = run([PSTOREFS, str(img), str(mnt), "-o", "kmsg_size=32,ro"])
+    try:
+        assert r.returncode == 0 and os.path.ismount(mnt), r.stderr
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"pstorefs: {img}: the sizes given ("), \
+            r.stderr
+        assert "detection finds kmsg_size=64,pmsg_size=0," in lines[0]
+        assert sorted(os.listdir(mnt)) == ["dmesg-blkoops-0", "dmesg-blkoops-2",
+                                           "dmesg-blkoops-4"]
+    finally:
+        unmount(mnt, img)
+    assert sha256(img) == before
+
+
 def test_foreground_logs_the_layout_to_stderr(tmp_path: Path, mnt: Path) -> None:
     """With `-f` stderr is the log: the layout found is its first line."""
     img = copy_image(tmp_path, KMSG)

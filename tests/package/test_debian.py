@@ -211,15 +211,20 @@ def test_man_pages_render_without_warnings(name: str) -> None:
                      page.read_text(), re.M)
 
 
-def test_packaged_unit_runs_the_packaged_commands(tmp_path: Path) -> None:
-    """debian/rules' sed turns contrib's unit (which runs the checkout's link in
-    /usr/local/sbin) into one that runs /usr/sbin/pstorefs and Debian's systemd-pstore."""
+def test_packaged_unit_runs_what_the_package_installs() -> None:
+    """debian/rules installs contrib's unit unchanged: it names no checkout path, and
+    runs /bin/sh, pstorefs by name (systemd's PATH for services holds /usr/sbin, where
+    the package puts it, after /usr/local/sbin, where contrib/setup.sh links a
+    checkout's) and Debian's systemd-pstore."""
     rules = (DEBIAN / "rules").read_text()
-    script = re.search(r"^\tsed '([^']*)' contrib/systemd/\$\(UNIT\)", rules, re.M).group(1)
-    unit = subprocess.run(["sed", script, str(UNIT)], capture_output=True, text=True,
-                          check=True).stdout
+    assert re.search(r"^\tinstall -D -m 644 contrib/systemd/\$\(UNIT\) "
+                     r"\$\(PKG\)/lib/systemd/system/\$\(UNIT\)$", rules, re.M), rules
+    unit = re.sub(r"^#.*\n", "", UNIT.read_text(), flags=re.M)
+    assert "/usr/local" not in unit and "/.venv" not in unit
     commands = re.findall(r"^Exec\w+=-?(\S+)", unit, re.M)
-    assert commands == ["/usr/sbin/pstorefs", "/lib/systemd/systemd-pstore", "/bin/umount"]
+    assert commands == ["/bin/sh"]
+    assert re.search(r"^\s+pstorefs \"\$\$source\"", unit, re.M)
+    assert "/lib/systemd/systemd-pstore" in unit.split()
 
 
 def completion_words(variable: str) -> set[str]:

@@ -642,3 +642,21 @@ def test_big_endian_writer(tmp_path: Path) -> None:
         assert store.layout().as_dict()["abi"] == "be64"
         store.erase(store.records[0])
     assert path.read_bytes()[:12] == struct.pack(">III", PERSISTENT_RAM_SIG, 0, 0)
+
+
+def test_ftrace_of_a_32_bit_writer_with_a_sign_extended_map(tmp_path: Path) -> None:
+    """A mipsel kernel's map lists `ffffffff801291bc T raise_softirq` (binutils keeps
+    MIPS32 addresses sign-extended); its records hold 32-bit `801291d4`."""
+    system_map = tmp_path / "System.map"
+    system_map.write_text("ffffffff80100000 T _stext\nffffffff801291bc T raise_softirq\n"
+                          "ffffffff80129210 T __raise_softirq_irqoff\n"
+                          "ffffffff80173ed0 T update_process_times\n"
+                          "ffffffff80173f68 t process_timeout\nffffffff806d7f20 T _etext\n")
+    layout = RamoopsGeometry(65536, 8192, 8192, 8192, 8192)
+    region = Region(layout)
+    region.write(PstoreType.FTRACE, struct.pack("<IIQ", 0x801291D4, 0x80173F2C, 2486358 << 8))
+    with closing(open_image(region.save(tmp_path / "mipsel.bin"), layout, abi="mipsel",
+                            system_map=str(system_map))) as store:
+        text = files(store)["ftrace-ramoops-0"]
+    assert text == (b"CPU:0 ts:2486358 801291d4  80173f2c  "
+                    b"raise_softirq <- update_process_times+0x5c/0x98\n")

@@ -34,12 +34,14 @@ from helpers.detect import (
     DETECTED,
     KIB,
     MIB,
+    PAST_CAP_ALONE,
     Layout,
     case_config,
     check_detected,
     fill_ring,
     oops_text,
     opened,
+    past_cap_alone,
     reader,
     records,
     refused,
@@ -290,6 +292,34 @@ def test_cap_with_fronts(tmp_path: Path) -> None:
     assert got == want and got["dmesg-blkoops-2046"][1] == (SZ_128M,)
 
 
+def test_records_past_the_cap_alone(tmp_path: Path) -> None:
+    """The 131068 KiB before the first header are no unused pmsg area (a zone kmalloc
+    cannot give): they are dmesg zones from 0, numbered as `kmsg_size=4` numbers them,
+    and `rm` erases the zone the kernel would."""
+    path = past_cap_alone(tmp_path)
+    got, geometry, assumed = opened(path, DETECTED)
+    want, _, _ = opened(path, StoreConfig(kmsg_size=4, read_only=True))
+    assert got == want
+    assert sorted(got) == [f"dmesg-blkoops-{n}" for n in PAST_CAP_ALONE]
+    assert got["dmesg-blkoops-32768"][1] == (SZ_128M,)
+    assert geometry == Geometry(kmsg_size=4 * KIB, capped=False)
+    assert any("dmesg zones from 0 never written" in note for note in assumed)
+    assert warnings_of(path, StoreConfig(kmsg_size=4, read_only=True)) == ()  # a run from 32767
+    with closing(open_store(str(path), StoreConfig())) as store:
+        store.erase(store.find("dmesg-blkoops-32768"))
+    with open(path, "rb") as fh:
+        fh.seek(SZ_128M + 4)
+        assert fh.read(4) == b"\0\0\0\0"  # datalen of zone 32768, and nothing else
+    assert sorted(opened(path, DETECTED)[0]) == ["dmesg-blkoops-32767", "dmesg-blkoops-32769"]
+
+
+def test_lone_record_past_a_large_gap_is_refused(tmp_path: Path) -> None:
+    """One header after the gap: zones of 4, 28, 124 ... KiB all put a start under it
+    and number it differently, and no next header tells."""
+    message = refused(past_cap_alone(tmp_path, (32767,)))
+    assert "kmsg_size=" in message and "4 or 28 or 124" in message
+
+
 @pytest.mark.parametrize("tail", [0, 4 * KIB, 44 * KIB])
 def test_unused_tail_after_the_last_zone(tmp_path: Path, tail: int) -> None:
     lay = Layout(21 * 48 * KIB + tail, 48 * KIB)
@@ -451,3 +481,134 @@ def test_options_of_another_back_end_are_refused(tmp_path: Path) -> None:
     for options in ({"record_size": 4096}, {"ecc": 16}):
         with pytest.raises(UsageError, match="not an option of the zone back end"):
             open_store(str(path), StoreConfig(read_only=True, **options))
+
+
+# == 6. zones kmalloc does not give; sizes given that contradict the headers ================
+@pytest.mark.parametrize(("gap", "first"), [(4 * MIB, 0), (8 * MIB, 128)],
+                         ids=["unused-pmsg", "dmesg-from-0"])
+def test_an_empty_front_is_at_most_a_zone_kmalloc_gives(tmp_path: Path, gap: int,
+                                                         first: int) -> None:
+    """No header before the dmesg headers: 4 MiB can be an unused pmsg zone, 8 MiB
+    cannot (psz_init_zone kmallocs a zone whole: 4 MiB at most with 4 KiB pages), so
+    those are dmesg zones from 0, never written."""
+    path = sparse_image(tmp_path, 16 * MIB, {gap + 64 * KIB * n: dmesg_zone(n) for n in range(3)})
+    got, geometry, assumed = opened(path, DETECTED)
+    assert sorted(got) == [f"dmesg-blkoops-{first + n}" for n in range(3)]
+    assert geometry == Geometry(kmsg_size=64 * KIB, pmsg_size=0 if first else gap)
+    want, _, _ = opened(path, StoreConfig(kmsg_size=64, pmsg_size=0 if first else gap // KIB,
+                                          read_only=True))
+    assert got == want
+    assert any(("never written" if first else "unused pmsg") in note for note in assumed)
+
+
+def warnings_of(path: Path, config: StoreConfig) -> tuple[str, ...]:
+    with closing(open_store(str(path), config)) as store:
+        return store.layout().warnings
+
+
+def test_a_layout_needing_a_zone_kmalloc_does_not_give_is_said(tmp_path: Path) -> None:
+    """Given or forced by the bytes (a console header 8 MiB in: the pmsg zone before it
+    is 8 MiB), it is read as asked, and `warnings` says no 4 KiB-page kernel has it."""
+    lay = Layout(16 * MIB, 64 * KIB, pmsg=8 * MIB, console=64 * KIB)
+    w = lay.writer()
+    assert w.console is not None
+    fill_ring(w.console, 500)
+    records(w, 2)
+    path = save(w, tmp_path)
+    for config in (lay.config(), DETECTED):
+        warnings = warnings_of(path, config)
+        assert len(warnings) == 1
+        assert warnings[0].startswith("a pmsg zone of 8192 KiB: more than the 4 MiB kmalloc")
+    assert warnings_of(path, StoreConfig(kmsg_size=8192, read_only=True))[0].startswith(
+        "dmesg zones of 8192 KiB")
+
+
+def contradicted(tmp_path: Path, options: dict[str, int], *, pmsg: int = 0
+                 ) -> tuple[list[str], tuple[str, ...], list[tuple[int, int]]]:
+    """Names, warnings and the reads at open of a 1 MiB partition of 64 KiB dmesg zones
+    (after a `pmsg` KiB pmsg area) with three records, opened with `options`."""
+    lay = Layout(MIB, 64 * KIB, pmsg=pmsg * KIB)
+    w = lay.writer()
+    if w.pmsg is not None:
+        fill_ring(w.pmsg, 300)
+    records(w, 3)
+    path = save(w, tmp_path)
+    before = sha(path)
+    reads: list[tuple[int, int]] = []
+    original = Device.read
+
+    def read(self: Device, offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return original(self, offset, length)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Device, "read", read)
+        store = open_store(str(path), StoreConfig(**options))  # type: ignore[arg-type]
+    with closing(store):
+        names = sorted(store.entry(r).name for r in store.records)
+        warnings = store.layout().warnings
+    assert sha(path) == before  # opened writable: nothing written all the same
+    return names, warnings, reads
+
+
+@pytest.mark.parametrize(("options", "pmsg", "names", "sign", "found"), [
+    ({"kmsg_size": 32}, 0, [0, 2, 4], "dmesg zone 1 has no header between written ones",
+     "kmsg_size=64,pmsg_size=0,"),
+    ({"kmsg_size": 64, "pmsg_size": 64}, 0, [0, 1], "a dmesg header at the pmsg zone's start",
+     "kmsg_size=64,pmsg_size=0,"),
+    ({"kmsg_size": 64}, 64, [1, 2, 3], "a pmsg header at dmesg zone 0's start",
+     "kmsg_size=64,pmsg_size=64,"),
+], ids=["kmsg-too-small", "pmsg-given-none-written", "pmsg-written-none-given"])
+def test_sizes_that_contradict_the_headers_warn(tmp_path: Path, options: dict[str, int],
+                                                pmsg: int, names: list[int], sign: str,
+                                                found: str) -> None:
+    """Read as given (never refused), with one warning naming what is wrong and the
+    sizes detection finds, from the bytes the listing reads anyway: no read at open is
+    more than a header's (no scan)."""
+    got, warnings, reads = contradicted(tmp_path, options, pmsg=pmsg)
+    assert got == [f"dmesg-blkoops-{n}" for n in names]
+    assert len(warnings) == 1 and warnings[0].startswith("the sizes given (")
+    assert sign in warnings[0] and f"detection finds {found}" in warnings[0]
+    assert max(length for _, length in reads) <= 64
+
+
+@pytest.mark.parametrize("pmsg", [0, 64])
+def test_the_writers_sizes_do_not_warn(tmp_path: Path, pmsg: int) -> None:
+    names, warnings, _ = contradicted(tmp_path, {"kmsg_size": 64, "pmsg_size": pmsg},
+                                      pmsg=pmsg)
+    assert len(names) == 3 + bool(pmsg) and warnings == ()
+
+
+def test_a_pmsg_ring_not_wrapped_is_at_most_a_zone_kmalloc_gives(tmp_path: Path) -> None:
+    """6 MiB between a pmsg ring that has not wrapped and the first dmesg header: a
+    4 MiB pmsg zone and an unused 2 MiB console area (a 6 MiB pmsg zone no 4 KiB-page
+    kernel registers); the files and the erase are those of the writer's options."""
+    lay = Layout(16 * MIB, 64 * KIB, pmsg=6 * MIB)
+    w = lay.writer()
+    assert w.pmsg is not None
+    fill_ring(w.pmsg, 1000)
+    records(w, 3)
+    path = save(w, tmp_path)
+    got, geometry, assumed = opened(path, DETECTED)
+    assert (geometry.pmsg_size, geometry.console_size) == (4 * MIB, 2 * MIB)
+    assert geometry.impossible_zones() == ()
+    assert got == opened(path, lay.config())[0]
+    assert any("unused console area" in note for note in assumed)
+
+
+def test_a_dmesg_run_that_wraps_does_not_warn(tmp_path: Path) -> None:
+    """Written from zone 14 on (recovery resumed past the newest), through 15, 0 and 1:
+    one run round the end, as the kernel's round-robin leaves it."""
+    lay = Layout(MIB, 64 * KIB)
+    w = lay.writer()
+    w.kmsg_write_cnt = 14
+    records(w, 4)
+    path = save(w, tmp_path)
+    assert warnings_of(path, lay.config()) == ()
+    w.erase_dmesg(15)  # an erased zone keeps its header: still one run
+    path = save(w, tmp_path)
+    assert warnings_of(path, lay.config()) == ()
+    image = bytearray(w.image)
+    image[15 * 64 * KIB:16 * 64 * KIB] = bytes(64 * KIB)  # never written: two runs
+    warnings = warnings_of(save(image, tmp_path), lay.config())
+    assert len(warnings) == 1 and "dmesg zone 2 has no header between written ones" in warnings[0]

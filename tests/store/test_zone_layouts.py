@@ -4,6 +4,7 @@ CPUs, the 128 MiB cap; what erase writes; the body cache; thousands of zones."""
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import tracemalloc
@@ -16,9 +17,9 @@ from helpers.cases import case_by_id
 from helpers.zone import KD, KIB, MIB, assert_same_image, config, listing, oops_text, save
 from helpers.zone_writer import HEADER, Ring, ZoneWriter, deflate
 from pstorefs.errors import GeometryError, SourceError, ZoneChangedError
-from pstorefs.format.abi import I386, X86_64, Abi
+from pstorefs.format.abi import BE32, I386, LE32, X86_64, Abi
 from pstorefs.format.consts import KmsgDumpReason, PstoreType
-from pstorefs.store import StoreConfig, open_store
+from pstorefs.store import StoreConfig, open_store, symbols
 from pstorefs.store.cache import ITEM_OVERHEAD, BodyCache
 from pstorefs.store.device import Device
 from pstorefs.store.zone.layout import Geometry
@@ -184,6 +185,28 @@ def test_ftrace_with_a_system_map(tmp_path: Path) -> None:
                        "do_two <- do_two+0x100/0xfe0")
 
 
+@pytest.mark.parametrize(("abi", "arch"), [(BE32, "mips"), (LE32, "mipsel")], ids=["be", "le"])
+def test_ftrace_of_a_32_bit_writer_with_a_sign_extended_map(tmp_path: Path, abi: Abi,
+                                                           arch: str) -> None:
+    """A MIPS32 System.map lists `ffffffff801291bc`; the records hold `801291d4`."""
+    system_map = tmp_path / "System.map"
+    system_map.write_text("ffffffff80100000 T _stext\nffffffff801291bc T raise_softirq\n"
+                          "ffffffff80129210 T __raise_softirq_irqoff\n"
+                          "ffffffff80173ed0 T update_process_times\n"
+                          "ffffffff80173f68 t process_timeout\nffffffff806d7f20 T _etext\n")
+    w = ZoneWriter(abi, 64 * KIB, kmsg_size=4 * KIB, ftrace_size=4 * KIB)
+    w.dmesg(oops_text(1))
+    w.ftrace_call(0, 0x801291D4, 0x80173F2C, 2486358)
+    path = save(w, tmp_path)
+    cfg = StoreConfig(kmsg_size=4, ftrace_size=4, abi=arch, read_only=True,
+                      system_map=str(system_map))
+    with closing(open_store(str(path), cfg)) as store:
+        assert isinstance(store, ZoneStore) and store.abi is abi
+        text = listing(store)["ftrace-blkoops-0"]
+    assert text == (b"CPU:0 ts:2486358 801291d4  80173f2c  "
+                    b"raise_softirq <- update_process_times+0x5c/0x98\n")
+
+
 def test_system_map_errors(tmp_path: Path) -> None:
     path = save(two_cpu_writer(), tmp_path)
     not_a_map = tmp_path / "notes.txt"
@@ -192,6 +215,16 @@ def test_system_map_errors(tmp_path: Path) -> None:
         with pytest.raises(SourceError):
             open_store(str(path), StoreConfig(kmsg_size=4, ftrace_size=8, nr_cpus=2,
                                               read_only=True, system_map=str(system_map)))
+
+
+def test_system_map_read_is_capped_whatever_its_size_says(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """/proc/kallsyms is a regular file of size 0 that reads megabytes: what is read is
+    counted against the cap (lowered here to 64 KiB), not what fstat said."""
+    monkeypatch.setattr(symbols, "MAX_SYSTEM_MAP", 64 * KIB)
+    assert os.stat("/proc/kallsyms").st_size == 0
+    with pytest.raises(SourceError, match=r"more than \d+ MiB read: not a System\.map"):
+        symbols.load_system_map("/proc/kallsyms")
 
 
 def test_two_cpu_ftrace_erase_clears_every_zone(tmp_path: Path) -> None:
@@ -497,3 +530,20 @@ def test_a_read_that_an_erase_overlapped_is_read_again(tmp_path: Path) -> None:
         assert store.read(record) == case.files["dmesg-pstore_blk-1"]
         assert len(reads) == 2
         assert store.entry(record).name == "dmesg-pstore_blk-1"
+
+
+def test_attributes_without_waiting_only_from_what_is_known() -> None:
+    """`attributes(wait=False)` never decodes: a compressed record's compressor is
+    known only once decoded, so before that it is None; after, the same as waiting."""
+    case = case_by_id(KD)
+    store = ZoneStore(Device(str(case.image), read_only=True), Geometry(kmsg_size=64 * KIB),
+                      name="pstore_blk", cache_budget=0)
+    with closing(store):
+        compressed = [r for r in store.records if r.compressed]
+        assert compressed
+        for record in compressed:
+            assert store.attributes(record, wait=False) is None
+            assert store.read(record, wait=False) is None  # nothing was decoded
+            want = store.attributes(record)
+            assert want["compressor"] == "deflate"
+            assert store.attributes(record, wait=False) == want

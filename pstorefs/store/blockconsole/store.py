@@ -148,7 +148,7 @@ class BlockConsoleStore(Store):
             return None
 
     # -- files ------------------------------------------------------------------------
-    def attributes(self, record: Record) -> dict[str, str]:
+    def _attributes(self, record: Record, wait: bool) -> dict[str, str]:
         """Where the text came from and where the writer goes on."""
         return {
             "zone_offset": ",".join(str(zone.offset) for zone in record.zones),

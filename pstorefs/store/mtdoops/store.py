@@ -180,7 +180,7 @@ class MtdoopsStore(Store):
         return records
 
     # -- files --------------------------------------------------------------------
-    def attributes(self, record: Record) -> dict[str, str]:
+    def _attributes(self, record: Record, wait: bool) -> dict[str, str]:
         zone, = record.zones
         attrs = {"seq": str(self._headers[record].seq), "zone_offset": str(zone.offset),
                  "zone_size": str(zone.size)}

@@ -132,7 +132,6 @@ class RamoopsStore(Store):
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = ()) -> None:
         super().__init__(device, name, cache_budget)
         self.geometry = layout
-        self.symbols = symbols
         self.assumed = tuple(assumed)
         self.zones = layout.zones()
         self._codec = rs_codec(layout.ecc_size) if layout.ecc_size else None
@@ -142,6 +141,7 @@ class RamoopsStore(Store):
         probed = self.zones.dmesg_size if self._codec else PERSISTENT_RAM_BUFFER_SIZE
         self._przs = {prz.zone: prz for prz in self._probe_zones(self._zones_with_data(probed))}
         self.abi = abi or self._detect_abi()
+        self.symbols = symbols.within(8 * self.abi.long_size)
         self._records = self._recover()
         self._keep_slots(len(self._records))
 
@@ -370,9 +370,11 @@ class RamoopsStore(Store):
             return None
         return self._file_name(record)
 
-    def attributes(self, record: Record) -> dict[str, str]:
+    def _attributes(self, record: Record, wait: bool) -> dict[str, str] | None:
         """What the headers know and the kernel's files do not say."""
-        body = self.read(record)
+        body = self.read(record, wait=wait)
+        if body is None:
+            return None
         attrs = {
             "zone_offset": ",".join(str(z.offset) for z in record.zones),
             "zone_size": str(record.zones[0].size),

@@ -30,14 +30,17 @@ said so; `Detection.assumed` carries the notes. Detection only reads.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
-from pstorefs.errors import PstoreError
+from pstorefs.errors import GeometryError, PstoreError
+from pstorefs.format.abi import Abi
 from pstorefs.format.consts import PstoreType, ZoneFormat
-from pstorefs.format.zone import HEADER_PROBE
+from pstorefs.format.zone import HEADER_PROBE, signature_type
 from pstorefs.store.device import NextData
 from pstorefs.store.zone.infer import Detection, infer_layout
 from pstorefs.store.zone.layout import SZ_128M, Geometry
-from pstorefs.store.zone.scan import Reader, parse_hit, peeker, scan
+from pstorefs.store.zone.recovery import Probes
+from pstorefs.store.zone.scan import DMESG_HITS_ENOUGH, Hit, Reader, parse_hit, peeker, scan
 
 
 def detect(read: Reader, size: int, *, nr_cpus: int | None = None,
@@ -89,3 +92,82 @@ def uncap(read: Reader, found: Detection, size: int) -> Detection:
     note = (f"dmesg zones past 128 MiB hold records (a Linux 5.8-5.10 writer): the whole "
             f"{size >> 20} MiB are used")
     return Detection(dataclasses.replace(found.geometry, capped=False), (*found.assumed, note))
+
+
+def disagreements(read: Reader, geometry: Geometry, probes: Probes, order: Abi, size: int,
+                  *, flash: bool) -> str | None:
+    """Where the layout given contradicts the headers its listing read, one line naming
+    the layout those headers show; None where nothing contradicts it.
+
+    No scan (its cost would follow the source, not the records): only what recovery
+    read at the given zone starts, and a header's bytes where a ring zone opens with a
+    dmesg signature. The signs: a zone start holding another type's header (a shifted
+    front area), dmesg headers that are no one run (the kernel's round-robin leaves no
+    unwritten zone between written ones, though the run may start past zone 0, as a
+    5.8-5.10 writer's past 128 MiB does, and wrap; not on flash, where an erased zone
+    has no header), a header claiming more than its zone holds, and a wrapped ring that
+    does not fill its zone. A given size larger than the writer's shows none of these
+    when its zone starts fall on the writer's: that is not caught."""
+    signs: list[str] = []
+    hits: list[Hit] = []
+    for zone, raw in probes.rings.items():
+        found = signature_type(raw)
+        if found is None:
+            continue
+        where = f"the {zone.type.file_prefix} zone's start ({zone.offset:#x})"
+        if found is not zone.type:
+            signs.append(f"a {found.file_prefix} header at {where}")
+        head = _header_at(read, zone.offset, size) if found is PstoreType.DMESG else raw
+        hit = parse_hit(head.ljust(HEADER_PROBE, b"\0"), 0, zone.offset, size)
+        if hit is None:
+            continue
+        hits.append(hit)
+        end = zone.offset + zone.size
+        if found is zone.type and (hit.end > end or (hit.wrapped and hit.end != end)):
+            signs.append(f"the {found.file_prefix} header at {where} claims "
+                         f"{hit.datalen} bytes, its zone {zone.buffer_size}")
+    for zone, raw in probes.foreign:
+        found = signature_type(raw)
+        assert found is not None
+        signs.append(f"a {found.file_prefix} header at dmesg zone {zone.index}'s start "
+                     f"({zone.offset:#x})")
+        hit = parse_hit(raw.ljust(HEADER_PROBE, b"\0"), 0, zone.offset, size)
+        hits += [hit] if hit else []
+    written = list(probes.dmesg)
+    breaks = [k for k in range(1, len(written)) if written[k] != written[k - 1] + 1]
+    wrapped = bool(written) and written[0] == 0 and written[-1] == probes.zones.dmesg_count - 1
+    if not flash and len(breaks) > wrapped:
+        gap = written[breaks[0] - 1] + 1
+        signs.append(f"dmesg zone {gap} has no header between written ones (the kernel "
+                     "writes them in turn)")
+    if written:
+        room = probes.zones.dmesg(0).buffer_size
+        over = next(((index, datalen) for index, _sig, datalen, _magic, _raw
+                     in probes.dmesg_fields(order) if datalen > room), None)
+        if over:
+            signs.append(f"the dmesg header of zone {over[0]} claims {over[1]} bytes, its "
+                         f"zone {room}")
+    if not signs:
+        return None
+    for zone, raw in itertools.islice(probes.dmesg_items(), DMESG_HITS_ENOUGH):
+        hits += [hit] if (hit := parse_hit(raw, 0, zone.offset, size)) else []
+    try:
+        shown = infer_layout(sorted(hits, key=lambda hit: hit.offset), size,
+                             format=geometry.format).geometry
+    except GeometryError:
+        shown = None
+    more = f" (and {len(signs) - 1} more)" if len(signs) > 1 else ""
+    verdict = ("the headers read fit no one layout: pstorectl probe without sizes searches "
+               "the partition" if shown is None else
+               f"detection finds {shown.mount_options()}" if dataclasses.replace(
+                   shown, capped=geometry.capped) != geometry else
+               "detection finds these sizes all the same (a damaged or stale header?)")
+    return (f"the sizes given ({geometry.mount_options()}) contradict the headers: "
+            f"{signs[0]}{more}; {verdict}")
+
+
+def _header_at(read: Reader, offset: int, size: int) -> bytes:
+    try:
+        return read(offset, min(HEADER_PROBE, size - offset))
+    except PstoreError:
+        return b""

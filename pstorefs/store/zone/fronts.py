@@ -5,7 +5,9 @@ The ring zones force `datalen` to their buffer size once they wrap, which gives 
 size exactly; every area is a 4 KiB multiple (blk.c rounds them); the ftrace area is
 cut into equal per-CPU zones that may end off 4 KiB. What lies between the headers is
 split accordingly; where the bytes leave a size open and every choice gives the same
-files and erase offsets, the simplest is taken and a note says so.
+files and erase offsets, the simplest is taken and a note says so. What is assumed is
+never a zone larger than kmalloc gives (`KMALLOC_MAX_SIZE`): such a kernel would not
+have registered it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import NamedTuple
 
 from pstorefs.errors import GeometryError
 from pstorefs.format.consts import MAX_CPUS, PstoreType, ZoneFormat
-from pstorefs.store.zone.layout import align_down, align_up, default_size
+from pstorefs.store.zone.layout import KMALLOC_MAX_SIZE, align_down, align_up, default_size
 from pstorefs.store.zone.scan import Hit
 
 Notes = tuple[str, ...]
@@ -60,9 +62,12 @@ def front_areas(fronts: Sequence[Hit], end: int | None, total: int,
     for base in itertools.islice(_ftrace_bases(pmsg_hit, console_hit, bound), _MAX_BASES):
         found = _ftrace_area(ftrace_hits, base, total if end is None else end, end is None,
                              nr_cpus)
-        if found is not None:
-            ftrace, cpus, ftrace_notes = found
-            pmsg, console, ring_notes = _ring_split(pmsg_hit, console_hit, base, ftrace)
+        if found is None:
+            continue
+        ftrace, cpus, ftrace_notes = found
+        rings = _ring_split(pmsg_hit, console_hit, base, ftrace)
+        if rings is not None:
+            pmsg, console, ring_notes = rings
             return FrontAreas(pmsg, console, ftrace, cpus, (*ring_notes, *ftrace_notes))
     if ftrace_hits:
         raise GeometryError(f"ftrace headers at {', '.join(hex(h.offset) for h in ftrace_hits)}"
@@ -150,13 +155,16 @@ def _ftrace_bases(pmsg_hit: Hit | None, console_hit: Hit | None, bound: int) -> 
 
 
 def _ring_split(pmsg_hit: Hit | None, console_hit: Hit | None, base: int,
-                ftrace: int) -> tuple[int, int, Notes]:
+                ftrace: int) -> tuple[int, int, Notes] | None:
     """pmsg and console sizes when the ftrace area starts at `base` (and is `ftrace`
-    bytes, 0 if there is none), with notes where the bytes leave a choice."""
+    bytes, 0 if there is none), with notes where the bytes leave a choice; None where
+    that would take a ring the bytes do not size as larger than kmalloc gives."""
     if console_hit:
         pmsg = console_hit.offset
         notes = (_unused_note("pmsg", 0, pmsg),) if pmsg_hit is None and pmsg else ()
         console = base - pmsg
+        if not console_hit.wrapped and console > KMALLOC_MAX_SIZE:
+            return None
         if not console_hit.wrapped and not ftrace:
             notes += (f"the console ring has not wrapped: console_size={console // 1024} "
                       "taken, up to the dmesg zones (a smaller one and an unused ftrace "
@@ -164,12 +172,21 @@ def _ring_split(pmsg_hit: Hit | None, console_hit: Hit | None, base: int,
         return pmsg, console, notes
     if pmsg_hit and pmsg_hit.wrapped:
         pmsg = pmsg_hit.end
+        if base - pmsg > KMALLOC_MAX_SIZE:
+            return None
         return pmsg, base - pmsg, ((_unused_note("console", pmsg, base - pmsg),)
                                    if base > pmsg else ())
-    if pmsg_hit:
-        return base, 0, (f"the pmsg ring has not wrapped: pmsg_size={base // 1024} taken, "
-                         "up to the next area (a smaller one and an unused console area "
-                         "give the same files)",)
+    if pmsg_hit:  # up to the next area, or as far as kmalloc allows and unused console
+        pmsg = min(base, max(KMALLOC_MAX_SIZE, align_up(pmsg_hit.end)))
+        if base - pmsg > KMALLOC_MAX_SIZE:
+            return None
+        return pmsg, base - pmsg, (
+            f"the pmsg ring has not wrapped: pmsg_size={pmsg // 1024} taken, up to the next "
+            "area or the most kmalloc gives (a smaller one and an unused console area give "
+            "the same files)", *([_unused_note("console", pmsg, base - pmsg)]
+                                 if base > pmsg else []))
+    if base > KMALLOC_MAX_SIZE:
+        return None
     return base, 0, (_unused_note("pmsg", 0, base),) if base else ()
 
 
@@ -199,6 +216,8 @@ def _ftrace_area(hits: Sequence[Hit], base: int, end: int, open_end: bool,
     for per_cpu in _divisors_desc(spacing):
         if per_cpu < max(longest, ZoneFormat.ZONE.header_size + 1) or len(fits) > 1:
             break
+        if per_cpu > max(KMALLOC_MAX_SIZE, longest):
+            continue  # a zone kmalloc does not give, and no record needs
         cpus = _cpus_for(per_cpu, length, nr_cpus)
         if cpus and exact in (None, per_cpu):
             fits.append((per_cpu, cpus))
@@ -250,7 +269,8 @@ def _ftrace_open(hits: Sequence[Hit], base: int, limit: int,
         sizes = [exact] if spacing % exact == 0 else []
     elif spacing:
         sizes = [d for d in _divisors_desc(spacing)
-                 if d >= max(longest, ZoneFormat.ZONE.header_size + 1)]
+                 if max(longest, ZoneFormat.ZONE.header_size + 1) <= d
+                 <= max(KMALLOC_MAX_SIZE, longest)]
     else:
         sizes = [max(min(default_size(longest), align_down(limit - base)), longest)]
     for per_cpu in sizes:

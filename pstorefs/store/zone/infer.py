@@ -20,12 +20,14 @@ from pstorefs.format.consts import PstoreType, ZoneFormat
 from pstorefs.store.zone.fronts import Notes, front_areas
 from pstorefs.store.zone.layout import (
     DEFAULT_SIZE,
+    KMALLOC_MAX_SIZE,
     SZ_128M,
     Geometry,
     align_down,
+    align_up,
     default_size,
 )
-from pstorefs.store.zone.scan import Hit, Peek, holds_data, offsets
+from pstorefs.store.zone.scan import Hit, Peek, holds_data, offsets, parse_hit
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,15 @@ def infer_layout(hits: Sequence[Hit], size: int, *, nr_cpus: int | None = None,
                                 f"{dmesg[0].offset:#x}; the kernel puts pmsg, console and "
                                 "ftrace first: give the sizes")
         start = dmesg[0].offset if dmesg else None
-        areas = front_areas(fronts, start, total, nr_cpus)
+        try:
+            areas = front_areas(fronts, start, total, nr_cpus)
+        except GeometryError:
+            if fronts or not dmesg:
+                raise
+            kmsg, notes = _kmsg_from_zero(dmesg, size, peek)
+            geometry = Geometry(kmsg_size=kmsg, format=fmt)
+            _check(geometry, hits, size)
+            return Detection(geometry, notes)
         room = total - (areas.pmsg + areas.console + areas.ftrace)
         if dmesg:
             kmsg, kmsg_notes = _kmsg_size(dmesg, room, peek)
@@ -162,6 +172,46 @@ def _kmsg_size(dmesg: Sequence[Hit], room: int, peek: Peek) -> tuple[int, Notes]
                 f"{smaller // 1024} KiB zones with a zone between them whose header is "
                 "damaged (bytes where it would start): give kmsg_size=")
     return spacing, ()
+
+
+def _kmsg_from_zero(dmesg: Sequence[Hit], size: int, peek: Peek) -> tuple[int, Notes]:
+    """The dmesg zone size where no ring header comes first and the space before the
+    first dmesg header is more than an unused pmsg zone can be (`front_areas` found no
+    split: kmalloc gives at most 4 MiB a zone, and a console area is written from boot
+    on): that space is dmesg zones from 0 never written (a 5.8-5.10 writer that went
+    on past 128 MiB, say). The size puts a zone start under every header, the headers
+    one run of zones; a lone header needs a dmesg header at its next zone start (within
+    the source, past the cap too) to tell the size."""
+    first = dmesg[0].offset
+    longest = max(hit.end - hit.offset for hit in dmesg)
+    step = math.gcd(*(hit.offset for hit in dmesg))
+    sizes = [k for k in range(max(4096, align_up(longest)), min(step, KMALLOC_MAX_SIZE) + 1,
+                              4096) if step % k == 0]
+    if len(dmesg) > 1:
+        sizes = [k for k in sizes
+                 if [hit.offset // k for hit in dmesg] == list(range(first // k,
+                                                                     first // k + len(dmesg)))]
+    else:  # the next zone's header, if one was written, tells the sizes apart
+        sizes = [k for k in sizes if _dmesg_header_at(first + k, size, peek)] or sizes
+    if len(sizes) != 1:
+        fitting = (f"zones of {' or '.join(str(k // 1024) for k in sizes)} KiB fit the "
+                   "headers and number them differently" if sizes else
+                   "no zone size fits the headers")
+        raise GeometryError(
+            f"the {first // 1024} KiB before the first dmesg header ({first:#x}) hold no "
+            f"header, more than an unused pmsg zone can be ({KMALLOC_MAX_SIZE >> 20} MiB, "
+            f"what kmalloc gives with 4 KiB pages), so dmesg zones start at 0; {fitting}: "
+            "give kmsg_size=")
+    kmsg = sizes[0]
+    return kmsg, (f"the {first // 1024} KiB before the first dmesg header hold no header, "
+                  f"more than an unused pmsg zone can be ({KMALLOC_MAX_SIZE >> 20} MiB, what "
+                  "kmalloc gives with 4 KiB pages): taken as dmesg zones from 0 never "
+                  f"written, kmsg_size={kmsg // 1024}",)
+
+
+def _dmesg_header_at(offset: int, size: int, peek: Peek) -> bool:
+    hit = parse_hit(peek(offset), 0, offset, size)
+    return hit is not None and hit.type is PstoreType.DMESG
 
 
 def _flash_kmsg_size(dmesg: Sequence[Hit], room: int, erasesize: int,

@@ -21,6 +21,15 @@ DEFAULT_SIZE = 64 << 10
 """The kernel's default for every area (CONFIG_PSTORE_BLK_*_SIZE, blkoops' dmesg_size)."""
 
 
+KMALLOC_MAX_SIZE = 4 << 20
+"""The largest zone a kernel with 4 KiB pages registers: `psz_init_zone` kmallocs every
+zone whole (dmesg, pmsg, console, each CPU's ftrace zone), and kmalloc refuses more than
+KMALLOC_MAX_SIZE, `1 << (MAX_ORDER + PAGE_SHIFT - 1)` (include/linux/slab.h; since 6.4
+`MAX_PAGE_ORDER + PAGE_SHIFT`): 4 MiB with 4 KiB pages and every architecture's default
+order. Only larger pages or a raised order (arm64, ppc64 with 64 KiB pages) allow more.
+Detection never assumes a zone larger than this where the bytes leave the size open."""
+
+
 MIN_SOURCE_SIZE = 4096
 """The least pstore/zone can use: one 4 KiB zone."""
 
@@ -35,13 +44,14 @@ def check_source_size(source_size: int, source: str = "the source") -> None:
 
 def default_size(extent: int) -> int:
     """The size assumed for an area whose end the bytes do not show: the kernel's
-    default, or the smallest power of two (in 4 KiB) that holds what was found."""
+    default, or the smallest power of two (in 4 KiB) that holds what was found, but
+    never more than a zone kmalloc gives (`KMALLOC_MAX_SIZE`) unless the data is."""
     size = DEFAULT_SIZE
     if extent > size:
         size = 4096
         while size < extent:
             size *= 2
-    return size
+    return max(min(size, KMALLOC_MAX_SIZE), align_up(extent))
 
 
 def align_up(value: int, to: int = 4096) -> int:
@@ -128,6 +138,19 @@ class Geometry:
             ("kmsg_size", self.kmsg_size), ("pmsg_size", self.pmsg_size),
             ("console_size", self.console_size), ("ftrace_size", self.ftrace_size))]
         return " ".join(params)
+
+    def impossible_zones(self) -> tuple[str, ...]:
+        """What of this layout no kernel with 4 KiB pages registers: a zone larger than
+        kmalloc gives (`KMALLOC_MAX_SIZE`), one line each, for `pstorectl probe`."""
+        per_cpu = self.ftrace_size // self.nr_cpus if self.nr_cpus > 0 else 0
+        return tuple(
+            f"{what} of {size // 1024} KiB: more than the {KMALLOC_MAX_SIZE >> 20} MiB "
+            "kmalloc gives a zone with 4 KiB pages (psz_init_zone would fail): only a "
+            "writer with larger pages registers this layout; check the sizes"
+            for what, size in (("dmesg zones", self.kmsg_size), ("a pmsg zone", self.pmsg_size),
+                               ("a console zone", self.console_size),
+                               ("ftrace zones", per_cpu))
+            if size > KMALLOC_MAX_SIZE)
 
     def mount_options(self) -> str:
         """The `-o` options that pin this layout (pstorefs' names, sizes in KiB)."""

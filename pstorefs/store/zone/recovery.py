@@ -12,7 +12,12 @@ from collections.abc import Callable, Iterator
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType, vote_little_endian, zone_sig
-from pstorefs.format.zone import dmesg_probe_format, opens_with_signature, sig_word
+from pstorefs.format.zone import (
+    dmesg_probe_format,
+    opens_with_signature,
+    sig_word,
+    signature_type,
+)
 from pstorefs.store.base import Record, Zone
 from pstorefs.store.device import Device, data_slots
 from pstorefs.store.lazy import LazySequence
@@ -23,18 +28,24 @@ log = logging.getLogger(__name__)
 _KMSG_PROBE = PSZ_BUFFER_SIZE + max(abi.kmsg_header_size for abi in ABIS.values())
 """Bytes read from each dmesg zone to list it: its header and the largest dmesg header."""
 
+_FOREIGN_KEPT = 4
+"""dmesg zone starts holding a ring's header that are kept: evidence that the layout is
+not the writer's (`ZoneStore` warns), which a few show as well as all."""
+
 
 @dataclasses.dataclass
 class Probes:
     """What opening read at each zone's start: the ring zones' by zone, and the dmesg
     zones' by index where they open with a dmesg signature (either byte order), which
     every verdict on a dmesg zone asks for first: zeros, erased flash and unreadable
-    zones are not kept, as a whole disk without the cap has millions. Kept only while
+    zones are not kept, as a whole disk without the cap has millions. `foreign`: the
+    first few dmesg zones that open with a ring's signature instead. Kept only while
     the store opens."""
 
     zones: ZoneList
     rings: dict[Zone, bytes]
     dmesg: dict[int, bytes]
+    foreign: list[tuple[Zone, bytes]] = dataclasses.field(default_factory=list)
 
     def dmesg_items(self) -> Iterator[tuple[Zone, bytes]]:
         return ((self.zones.dmesg(index), raw) for index, raw in self.dmesg.items())
@@ -57,6 +68,7 @@ class Probes:
 
         rings = {zone: raw for zone in zones.rings if (raw := probe(zone)) is not None}
         dmesg: dict[int, bytes] = {}
+        foreign: list[tuple[Zone, bytes]] = []
         if not zones.dmesg_count:
             return cls(zones, rings, dmesg)
         first = zones.dmesg(0)
@@ -65,12 +77,17 @@ class Probes:
         for expected, index in enumerate(slots):
             if until_unsigned and index != expected:
                 break  # the zone before lies in a hole: zeros, no signature
-            raw = probe(zones.dmesg(index))
-            if raw is not None and opens_with_signature(raw, PstoreType.DMESG):
+            zone = zones.dmesg(index)
+            raw = probe(zone)
+            if raw is None:
+                continue
+            if opens_with_signature(raw, PstoreType.DMESG):
                 dmesg[index] = raw
-            elif raw is not None and until_unsigned:
+            elif until_unsigned:
                 break
-        return cls(zones, rings, dmesg)
+            elif len(foreign) < _FOREIGN_KEPT and signature_type(raw) is not None:
+                foreign.append((zone, raw))
+        return cls(zones, rings, dmesg, foreign)
 
     def little_endian(self) -> bool:
         """The writer's byte order, from the signatures at the zone starts (all zone.c

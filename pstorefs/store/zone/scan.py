@@ -30,7 +30,7 @@ Peek = Callable[[int], bytes]
 _SCAN_CHUNK = 1 << 20
 """Bytes searched per read."""
 
-_DMESG_HITS_ENOUGH = 3
+DMESG_HITS_ENOUGH = 3
 """dmesg headers after which the scan stops: they fix the zone size, and the listing
 that follows reads every zone start anyway."""
 
@@ -125,7 +125,7 @@ def scan(read: Reader, size: int, next_data: NextData | None = None) -> list[Hit
             skip = hit.end
             if hit.type is PstoreType.DMESG:
                 dmesg += 1
-                if dmesg >= _DMESG_HITS_ENOUGH:
+                if dmesg >= DMESG_HITS_ENOUGH:
                     return hits
             elif (dmesg or len(hits) >= _FRONT_HITS_ENOUGH
                   or (hit.type is not PstoreType.FTRACE

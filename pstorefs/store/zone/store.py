@@ -46,7 +46,13 @@ from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
 from pstorefs.store.ftrace import ErasedRing, FtraceText, RingData, ZoneData
-from pstorefs.store.zone.detect import Detection, detect, uncap, zone_format_at_start
+from pstorefs.store.zone.detect import (
+    Detection,
+    detect,
+    disagreements,
+    uncap,
+    zone_format_at_start,
+)
 from pstorefs.store.zone.layout import Geometry, check_source_size, geometry_from_options
 from pstorefs.store.zone.recovery import Listing, Probes
 
@@ -99,7 +105,8 @@ def open_store(device: Device, config: StoreConfig, symbols: SymbolTable) -> Zon
     return ZoneStore(device, layout.geometry, name=config.name_or(DEFAULT_NAME),
                      abi=None if config.abi == "auto" else resolve_abi(config.abi),
                      symbols=symbols, assumed=layout.assumed,
-                     show_erased=config.show_erased, erasesize=erasesize)
+                     show_erased=config.show_erased, erasesize=erasesize,
+                     given=config.layout_given)
 
 
 class ZoneStore(Store):
@@ -108,20 +115,21 @@ class ZoneStore(Store):
     Opening reads the zone headers only; a body is read and decoded the first time its
     size or content is asked for, and kept in a fixed-budget cache.
     `show_erased` also lists the records `rm` erased whose bytes are still on disk.
+    `given`: the layout is the options', checked against the headers the listing reads
+    (`warnings`, as is a zone no kernel with 4 KiB pages registers).
     """
 
     def __init__(self, device: Device, geometry: Geometry, *, name: str,
                  abi: Abi | None = None, symbols: SymbolTable = NO_SYMBOLS,
                  cache_budget: int = DEFAULT_CACHE_BUDGET, assumed: Sequence[str] = (),
-                 show_erased: bool = False, erasesize: int | None = None) -> None:
+                 show_erased: bool = False, erasesize: int | None = None,
+                 given: bool = False) -> None:
         super().__init__(device, name, cache_budget)
         self.erasesize = erasesize
         if geometry.format is ZoneFormat.ZONE:  # the RFC's own name was the default
             self.kernel_name = "pstore_blk" if erasesize is None else "mtdpstore"
         self.erases_reach_other_records = erasesize is not None  # mtdpstore: a block
         self.geometry = geometry
-        self.symbols = symbols
-        self._names = Names(symbols)
         self.assumed = tuple(assumed)
         self.zones = geometry.zones(device.size)
         probes = Probes.read(device, self.zones,
@@ -133,8 +141,15 @@ class ZoneStore(Store):
                 log.debug("%s: %s", device.path, note)
                 self.assumed += (note,)
         self.abi = abi
+        self.symbols = symbols.within(8 * abi.long_size)
+        self._names = Names(self.symbols)
         self._kmsg_header_size = abi.kmsg_header_size
         self._records = self._recover(probes)
+        contradiction = disagreements(device.read, geometry, probes, self._byte_order,
+                                      device.size, flash=erasesize is not None) if given else None
+        self.warnings = geometry.impossible_zones() + ((contradiction,) if contradiction else ())
+        for warning in self.warnings:
+            log.warning("%s: %s", device.path, warning)
         self._erased = self._recover_erased(probes) if show_erased else []
         self._erased_slots = {record: len(self._records) + i
                               for i, record in enumerate(self._erased)}
@@ -156,7 +171,7 @@ class ZoneStore(Store):
             zones=len(self.zones), records=len(self._records),
             kernel_parameters=g.kernel_parameters(),
             mount_options=f"{g.mount_options()},abi={self.abi.name}",
-            assumed=self.assumed)
+            assumed=self.assumed, warnings=self.warnings)
 
     def describe(self) -> str:
         g = self.geometry
@@ -276,7 +291,7 @@ class ZoneStore(Store):
     def _by_id(self, prefix: str, record_id: int) -> Record | None:
         return self._records.by_id(prefix, record_id)
 
-    def attributes(self, record: Record) -> dict[str, str]:
+    def _attributes(self, record: Record, wait: bool) -> dict[str, str] | None:
         """What the headers know and the kernel's files do not show. The body is read
         only where the headers leave the reason's name open (4: Restart before 5.8,
         Shutdown after, as the record's text says) or a compressed record was never
@@ -294,7 +309,10 @@ class ZoneStore(Store):
             text = b""
             if (record.reason == KmsgDumpReason.SHUTDOWN  # Restart before 5.8
                     or (record.compressed and self.entry(record, wait=False) is None)):
-                text = self._dump_text(record, self.read(record))
+                body = self.read(record, wait=wait)
+                if body is None:
+                    return None
+                text = self._dump_text(record, body)
             attrs["reason"] = reason_name(record.reason, text)
             attrs["reason_code"] = str(record.reason)
             attrs["counter"] = str(record.counter)
