@@ -30,7 +30,7 @@ from pstorefs.cli.options import OPTIONS_HELP, ArgumentParser, parse_options
 from pstorefs.cli.report import fail, start_logging, stderr_handler
 from pstorefs.errors import PstoreError, UsageError
 from pstorefs.format.consts import PstoreType
-from pstorefs.store import Record, Store, open_store
+from pstorefs.store import Body, Record, Store, body_chunks, open_store
 
 JSON_FIELDS = ("name", "type", "size", "mtime_ns", "reason", "counter", "compressed",
                "zone_offset", "attributes")
@@ -212,7 +212,7 @@ def _extract(store: Store, directory: str) -> None:
                               "extracted (extract into an empty directory)")
         now = time.time_ns()
         for record, entry in entries:
-            _write_new(dir_fd, entry.name, store.read(record),
+            _write_new(dir_fd, entry.name, store.body(record),
                        entry.time_ns if entry.time_ns is not None else now, now)
         os.fsync(dir_fd)
     finally:
@@ -227,7 +227,7 @@ def _exists(name: str, dir_fd: int) -> bool:
     return True
 
 
-def _write_new(dir_fd: int, name: str, body: bytes, mtime_ns: int, atime_ns: int) -> None:
+def _write_new(dir_fd: int, name: str, body: Body, mtime_ns: int, atime_ns: int) -> None:
     """`body` as the new file `name` of `dir_fd`; FileExistsError if the name is taken."""
     temp = f".{name}.{secrets.token_hex(8)}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -235,7 +235,8 @@ def _write_new(dir_fd: int, name: str, body: bytes, mtime_ns: int, atime_ns: int
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb", closefd=False) as fh:
-            fh.write(body)
+            for chunk in body_chunks(body):
+                fh.write(chunk)
         os.fsync(fd)
         os.utime(fd, ns=(atime_ns, mtime_ns))
         os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -302,7 +303,8 @@ def ctl(args: list[str]) -> int:
         elif ns.command == "list":
             _list(store, ns.json)
         elif ns.command == "cat":
-            sys.stdout.buffer.write(store.read(_find(store, ns.name)))
+            for chunk in body_chunks(store.body(_find(store, ns.name))):
+                sys.stdout.buffer.write(chunk)
         elif ns.command == "extract":
             _extract(store, ns.directory)
         elif store.write_refused:

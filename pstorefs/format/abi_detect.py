@@ -34,6 +34,12 @@ can step it back now and then, so nine pairs in ten rising is enough."""
 MIN_PAIRS = 3
 """Fewer consecutive record pairs than this tell nothing about the record size."""
 
+FTRACE_SAMPLE = 3 << 10
+FTRACE_SAMPLE_ZONES = 16
+"""What detection reads of the ftrace records: the newest `FTRACE_SAMPLE` bytes (a
+multiple of both record sizes, 16 and 24: 128 or 192 records, so that the zone's end
+stays a record's end) of at most `FTRACE_SAMPLE_ZONES` zones, whatever their size."""
+
 
 def detect_abi(*, little_endian: bool, kmsg_headers: Sequence[bytes],
                ftrace_zones: Sequence[bytes]) -> tuple[Abi, str | None]:

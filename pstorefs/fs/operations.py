@@ -24,7 +24,7 @@ from pstorefs.fs.erase import Eraser
 from pstorefs.fs.errors import in_thread, internal_error
 from pstorefs.fs.listing import Files, Listed, Listing, entry_within, kernel_caches_listing
 from pstorefs.fs.read_ahead import ReadAhead
-from pstorefs.store import UNSIZED, Entry, Store
+from pstorefs.store import UNSIZED, Body, Entry, RangedBody, Store
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +80,22 @@ class Ownership:
 class OpenFiles:
     """The contents of the open files: one copy per inode however many handles share
     it, kept until the last is released, so that a read is a slice of memory whatever
-    the store's cache dropped meanwhile. An inode whose content the kernel's page cache
-    holds already (`Operations._in_kernel`) may be opened with none (`body` None): it
-    is fetched on the first READ, which comes only if the kernel evicted pages."""
+    the store's cache dropped meanwhile (or, a `RangedBody`, a range it renders). An
+    inode whose content the kernel's page cache holds already (`Operations._in_kernel`)
+    may be opened with none (`body` None): it is fetched on the first READ, which comes
+    only if the kernel evicted pages."""
 
     def __init__(self) -> None:
         self._inodes: dict[int, int] = {}
         """The inode of each handle."""
-        self._bodies: dict[int, tuple[bytes | None, int]] = {}
+        self._bodies: dict[int, tuple[Body | None, int]] = {}
         """Each open inode's content (None: not fetched) and how many handles it has."""
         self._next_fh = 1
 
     def __contains__(self, inode: int) -> bool:
         return inode in self._bodies
 
-    def keep(self, inode: int, body: bytes) -> bool:
+    def keep(self, inode: int, body: Body) -> bool:
         """Keep `body` as the content of `inode` for its handles, unless another open
         kept it first (it won the race for the read): whether this one was kept."""
         if self.body(inode) is not None:
@@ -102,7 +103,7 @@ class OpenFiles:
         self._bodies[inode] = (body, self._bodies.get(inode, (None, 0))[1])
         return True
 
-    def body(self, inode: int) -> bytes | None:
+    def body(self, inode: int) -> Body | None:
         """The content kept for `inode`, None if none is."""
         return self._bodies.get(inode, (None, 0))[0]
 
@@ -360,26 +361,30 @@ class Operations(pyfuse3.Operations):
         if inode not in self._open and not self._in_kernel[index]:
             self._read_ahead.requested(index)
             body = await self._body(inode)
-            if self._open.keep(inode, body) and len(body) <= STORE_IN_KERNEL:
+            if (self._open.keep(inode, body) and isinstance(body, bytes)
+                    and len(body) <= STORE_IN_KERNEL):
                 self._in_kernel[index] = _store_in_kernel(inode, body)
         return pyfuse3.FileInfo(fh=self._open.open(inode), keep_cache=True)
 
-    async def _body(self, inode: int) -> bytes:
+    async def _body(self, inode: int) -> Body:
         """The content of `inode`: the open files', the store's cache, or decoded."""
         body = self._open.body(inode)
         if body is None:
             record = self._files[self._index(inode)]
-            body = self.store.read(record, wait=False)
+            body = self.store.body(record, wait=False)
             if body is None:
-                body = await in_thread(self.store, self.store.read, record)
+                body = await in_thread(self.store, self.store.body, record)
         return body
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         """Asked only for what the kernel's page cache lacks: a body too large for
-        `notify_store`, or pages it evicted since."""
+        `notify_store` or a ranged one (which renders the range in a worker thread),
+        or pages the kernel evicted since."""
         inode = self._open.inode(fh)
         body = await self._body(inode)
         self._open.keep(inode, body)
+        if isinstance(body, RangedBody):
+            return await in_thread(self.store, body.read, off, size)
         return body[off:off + size]
 
     async def release(self, fh: int) -> None:

@@ -36,15 +36,15 @@ and opens in listing order: well within what the store's cache keeps
 
 async def decode_ahead(store: Store, records: Iterable[Record], *,
                        bodies: bool = False) -> None:
-    """Have `store` know the entries of `records` (with `bodies`, have their contents
-    in its cache), decoding what it does not on `DECODE_THREADS` worker threads at
+    """Have `store` know the entries of `records` (with `bodies`, have their bodies at
+    hand), decoding what it does not on `DECODE_THREADS` worker threads at
     once. Errors are left for the record's own request to report; if this is
     cancelled, the threads stop after the record each is on."""
     if bodies:
-        missing = [r for r in records if store.read(r, wait=False) is None]
+        missing = [r for r in records if store.body(r, wait=False) is None]
     else:
         missing = [r for r in records if store.entry(r, wait=False) is None]
-    decode = store.read if bodies else store.entry
+    decode = store.body if bodies else store.entry
     stop = threading.Event()
 
     def run(part: list[Record]) -> None:

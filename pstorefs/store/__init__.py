@@ -14,14 +14,23 @@ import dataclasses
 from pstorefs.errors import PstoreError, SourceError, UsageError
 from pstorefs.format.kallsyms import NO_SYMBOLS
 from pstorefs.store import blockconsole, mtdoops, ramoops, zone
-from pstorefs.store.base import UNSIZED, Entry, Layout, Record, Store
+from pstorefs.store.base import (
+    UNSIZED,
+    Body,
+    Entry,
+    Layout,
+    RangedBody,
+    Record,
+    Store,
+    body_chunks,
+)
 from pstorefs.store.config import BACKENDS, SIZE_OPTIONS, StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.signatures import foreign_signature
 from pstorefs.store.symbols import load_system_map
 
-__all__ = ["BACKENDS", "SIZE_OPTIONS", "UNSIZED", "Entry", "Layout", "Record", "Store",
-           "StoreConfig", "open_store"]
+__all__ = ["BACKENDS", "SIZE_OPTIONS", "UNSIZED", "Body", "Entry", "Layout", "RangedBody",
+           "Record", "Store", "StoreConfig", "body_chunks", "open_store"]
 
 _MODULES = {"zone": zone, "ramoops": ramoops, "mtdoops": mtdoops,
             "blockconsole": blockconsole}

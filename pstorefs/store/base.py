@@ -3,9 +3,12 @@
 The contract (`Store`), as the FUSE adapter and `pstorectl` use it:
 
 * `records` (and `erased`): what listing found, from the headers alone;
-* `entry(record)` and `read(record)`: the record's file, decoded on first asking and
+* `entry(record)` and `body(record)`: the record's file, decoded on first asking and
   kept within a fixed budget; with `wait=False` they answer only from what is known
-  already, never touching the device (`None` otherwise);
+  already, never touching the device (`None` otherwise). A body is bytes, or for a
+  file too large to hold whole (the ftrace text) a `RangedBody`: its size, and any
+  range read when asked, one object shared by all readers. `read(record)` is the
+  content whole, as bytes;
 * `locate(name)` finds from the headers alone the record that holds a file of that
   name if the record decodes as its headers say; `find(name)` is exact;
 * `erase(record)` erases as the kernel would, durably, after checking the zones still
@@ -25,9 +28,9 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, overload
+from typing import Literal, NamedTuple, TypeAlias, overload
 
 from pstorefs.codecs.compression import CODECS
 from pstorefs.errors import EraseUnsupportedError, PstoreError, ReadOnlyError, ZoneChangedError
@@ -109,11 +112,47 @@ class Entry:
     time_ns: int | None
 
 
+class RangedBody(ABC):
+    """A file served by ranges because it is too large to hold whole, as the kernel's
+    seq_file serves the ftrace log: its size, then any range, rendered when read.
+    Thread-safe; a store keeps one per record, shared by every reader."""
+
+    CHUNK = 1 << 20
+    """What `chunks` reads at a time."""
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """The file's size (the first asking may take one pass over the record)."""
+
+    @abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to `length` bytes at `offset` (fewer only at the end)."""
+
+    def chunks(self) -> Iterator[bytes]:
+        """The whole file, `CHUNK` bytes at a time."""
+        for offset in range(0, self.size, self.CHUNK):
+            yield self.read(offset, self.CHUNK)
+
+
+Body: TypeAlias = bytes | RangedBody
+"""A record's file: its bytes, or a `RangedBody`."""
+
+
+def body_size(body: Body) -> int:
+    return len(body) if isinstance(body, bytes) else body.size
+
+
+def body_chunks(body: Body) -> Iterable[bytes]:
+    """The whole file, a piece at a time: what writing it out reads."""
+    return (body,) if isinstance(body, bytes) else body.chunks()
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """A record's file as decoding gives it, and what decoding learnt on the way."""
 
-    body: bytes
+    body: Body
     compressor: str | None = None
     """The compressor that decoded a compressed record."""
     undecodable: bool = False
@@ -216,6 +255,9 @@ class Store(ABC):
         """Each record's compressor once decoded (`_CODES`, `_UNDECODABLE`), by `_slot`."""
         self._gone = bytearray()
         """1 for each record erased: what decoding learns of it is not kept."""
+        self._ranged: dict[int, RangedBody] = {}
+        """The ranged bodies made, by slot: each kept once made (its memory is bounded
+        by its own budget), so that every reader shares its one pass and index."""
         self._positions: dict[Record, int] | None = None
         self._ids: dict[tuple[str, int], Record] | None = None
 
@@ -261,8 +303,26 @@ class Store(ABC):
         if not wait:
             return None
         decoded = self._decoded(record, slot)
-        return Entry(self._file_name(record, decoded.undecodable), len(decoded.body),
+        return Entry(self._file_name(record, decoded.undecodable), body_size(decoded.body),
                      record.time_ns)
+
+    @overload
+    def body(self, record: Record, *, wait: Literal[True] = ...) -> Body: ...
+    @overload
+    def body(self, record: Record, *, wait: bool) -> Body | None: ...
+
+    def body(self, record: Record, *, wait: bool = True) -> Body | None:
+        """The file, what `cat` shows, to be read whole or (a `RangedBody`) by ranges;
+        with `wait=False`, None unless it is at hand without touching the device."""
+        slot = self._slot(record)
+        if slot is not None:
+            ranged = self._ranged.get(slot)
+            if ranged is not None and (wait or self._sizes[slot] >= 0):
+                return ranged
+            cached = self._cache.get(slot)
+            if cached is not None:
+                return cached
+        return self._decoded(record, slot).body if wait else None
 
     @overload
     def read(self, record: Record, *, wait: Literal[True] = ...) -> bytes: ...
@@ -270,13 +330,12 @@ class Store(ABC):
     def read(self, record: Record, *, wait: bool) -> bytes | None: ...
 
     def read(self, record: Record, *, wait: bool = True) -> bytes | None:
-        """The file's content, what `cat` shows; with `wait=False`, None unless it is
-        at hand without touching the device."""
-        slot = self._slot(record)
-        body = self._cache.get(slot) if slot is not None else None
-        if body is not None or not wait:
-            return body
-        return self._decoded(record, slot).body
+        """The file's content whole (a ranged body rendered whole: memory as its size;
+        what serves files uses `body`); with `wait=False`, None unless at hand."""
+        body = self.body(record, wait=wait)
+        if isinstance(body, RangedBody):
+            return body.read(0, body.size) if wait else None
+        return body
 
     def locate(self, name: str) -> Record | None:
         """From the headers alone, never the device, so that a lookup is answered at
@@ -342,6 +401,7 @@ class Store(ABC):
                 self._erases += 1
             known = self.entry(record, wait=False)
             self._cache.drop(slot)
+            self._ranged.pop(slot, None)
             self._sizes[slot], self._codes[slot], self._gone[slot] = -1, 0, 1
         log.info("%s: erased %s (zone at %#x)", self.device.path,
                  known.name if known else file_name(record.type, self.name, record.id),
@@ -408,14 +468,40 @@ class Store(ABC):
         record was erased meanwhile."""
         decoded = (self._decode_between_erases(record) if self.erases_reach_other_records
                    else self._decode(record))
-        if slot is not None:  # kept by slot: a small int, not the record's objects
+        if slot is None:
+            return decoded
+        body = decoded.body
+        if isinstance(body, RangedBody):  # the one made first, for every reader
             with self._lock:
-                if not self._gone[slot]:
-                    self._codes[slot] = (_UNDECODABLE if decoded.undecodable
-                                         else _CODES.get(decoded.compressor, 0))
-                    self._sizes[slot] = len(decoded.body)
-                    self._cache.put(slot, decoded.body)
+                body = self._ranged.setdefault(slot, body)
+            decoded = Decoded(body, decoded.compressor, decoded.undecodable)
+        size = body_size(body)  # a ranged body's pass: outside the lock
+        with self._lock:  # kept by slot: a small int, not the record's objects
+            if not self._gone[slot]:
+                self._codes[slot] = (_UNDECODABLE if decoded.undecodable
+                                     else _CODES.get(decoded.compressor, 0))
+                self._sizes[slot] = size
+                if isinstance(body, bytes):
+                    self._cache.put(slot, body)
+            else:
+                self._ranged.pop(slot, None)
         return decoded
+
+    def _read_between_erases(self, offset: int, length: int) -> bytes:
+        """`device.read`, done again where an erase wrote meanwhile (see
+        `_decode_between_erases`): what a ranged body reads with, long after decoding."""
+        if not self.erases_reach_other_records:
+            return self.device.read(offset, length)
+        for _ in range(_READ_RETRIES):
+            erases = self._erases
+            if erases % 2:
+                with self._lock:
+                    continue
+            data = self.device.read(offset, length)
+            if self._erases == erases:
+                return data
+        with self._lock:
+            return self.device.read(offset, length)
 
     def _decode_between_erases(self, record: Record) -> Decoded:
         """`_decode`, done again where an erase wrote while it read (a seqlock): on flash

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from helpers.abis import ALL, WANT_ALIASES, calls
+from helpers.ftrace import zone_text
 from helpers.zone_writer import ftrace_record
 from pstorefs.errors import GeometryError, UsageError
 from pstorefs.format.abi import (
@@ -45,7 +46,7 @@ from pstorefs.format.abi import (
 )
 from pstorefs.format.abi_detect import detect_abi
 from pstorefs.format.consts import PSTORE_KMSG_HEADER_MAGIC, PstoreType, zone_sig
-from pstorefs.format.ftrace import FtraceRecord, parse_records, render_text
+from pstorefs.format.ftrace import FtraceRecord, parse_records
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.zone import kmsg_layout_fits, parse_kmsg_header
 
@@ -199,11 +200,11 @@ def test_cpu_in_ip_text_prints_ip_as_stored() -> None:
     data = struct.pack("<IIQ", 0xC0001003, 0xC0002008, 1234)
     records = parse_records(LE32_CPUIP3, data)
     assert records == [FtraceRecord(0xC0001003, 0xC0002008, 3, 1234)]
-    assert render_text(records, table) == (
+    assert zone_text(LE32_CPUIP3, data, table) == (
         b"CPU:3 ts:1234 c0001003  c0002008  do_work <- caller+0x8/0x1000\n")
-    assert render_text(parse_records(LE32_CPUIP1, data), NO_SYMBOLS) == (
+    assert zone_text(LE32_CPUIP1, data, NO_SYMBOLS) == (
         b"CPU:1 ts:1234 c0001003  c0002008  0xc0001003 <- 0xc0002008\n")
-    assert render_text(parse_records(LE32, data), NO_SYMBOLS) == (
+    assert zone_text(LE32, data, NO_SYMBOLS) == (
         b"CPU:210 ts:4 c0001003  c0002008  0xc0001003 <- 0xc0002008\n")
 
 
@@ -211,7 +212,7 @@ def test_big_endian_32_bit_ftrace_text() -> None:
     data = b"\x99" * 5 + struct.pack(">IIQ", 0xC0001000, 0xC0002000, 77 << 8 | 1)
     records = parse_records(BE32, data)
     assert records == [FtraceRecord(0xC0001000, 0xC0002000, 1, 77)]
-    assert render_text(records, NO_SYMBOLS) == (
+    assert zone_text(BE32, data, NO_SYMBOLS) == (
         b"CPU:1 ts:77 c0001000  c0002000  0xc0001000 <- 0xc0002000\n")
     assert parse_records(BE32_CPUIP3, struct.pack(">IIQ", 0xC0001002, 0xC0002000, 77)) == [
         FtraceRecord(0xC0001002, 0xC0002000, 2, 77)]

@@ -9,12 +9,32 @@ import struct
 from functools import cache
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from helpers.abis import ALL
 from helpers.cases import CASES, Case
-from helpers.zone_writer import kernel_sizes, layout
-from pstorefs.format.abi import I386, LE32_CPUIP3, X86_64, resolve_abi
+from helpers.ftrace import kernel_combine, render_records
+from helpers.zone_writer import ftrace_record, kernel_sizes, layout
+from pstorefs.format.abi import (
+    I386,
+    LE32,
+    LE32_CPUIP3,
+    X86_64,
+    Abi,
+    ftrace_record_format,
+    resolve_abi,
+)
 from pstorefs.format.consts import PSZ_BUFFER_SIZE, PstoreType
-from pstorefs.format.ftrace import FtraceRecord, merge_zones, parse_records, render_text
+from pstorefs.format.ftrace import (
+    FtraceRecord,
+    Names,
+    Records,
+    merge_zones,
+    parse_records,
+    render,
+    text_length,
+)
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.zone import parse_zone_header, ring_unwrap, ring_zone_ok
 
@@ -57,11 +77,62 @@ def test_merge_later_zone_first_on_equal_timestamps() -> None:
 def test_render_text_without_symbols() -> None:
     records = [FtraceRecord(0xC1000ABC, 0x1234, 0, 17),
                FtraceRecord(0xFFFFFFFF8106D63F, 0xFFFFFFFF81064E00, 3, 2486358)]
-    assert render_text(records, NO_SYMBOLS) == (
+    assert render_records(records, NO_SYMBOLS, X86_64) == (
         b"CPU:0 ts:17 c1000abc  00001234  0xc1000abc <- 0x1234\n"
         b"CPU:3 ts:2486358 ffffffff8106d63f  ffffffff81064e00  "
         b"0xffffffff8106d63f <- 0xffffffff81064e00\n")
-    assert render_text([], NO_SYMBOLS) == b""
+    assert render_records([], NO_SYMBOLS, X86_64) == b""
+
+
+stamps = st.integers(0, 40)  # few values: equal timestamps, and blocks, are common
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(stamps, max_size=12), max_size=5))
+def test_merge_is_the_kernels_on_any_order(zones: list[list[int]]) -> None:
+    """Sorting by merge keys gives `pstore_ftrace_combine_log`'s order for zones whose
+    timestamps are out of order too (racing CPUs step the counter back)."""
+    records = [[FtraceRecord(0x1000 * cpu + i, 0, cpu, ts) for i, ts in enumerate(zone)]
+               for cpu, zone in enumerate(zones)]
+    assert merge_zones(records) == kernel_combine(records)
+
+
+SYMBOLS = SymbolTable(["c0000000 T _stext", "c0001000 T do_work", "c0002000 T caller",
+                       "ffffffff81000000 T startup_64", "ffffffff81000400 T fn",
+                       "ffffffff81001000 T _etext"])
+
+
+def addresses(abi: Abi) -> st.SearchStrategy[int]:
+    top = (1 << 8 * abi.long_size) - 1
+    return st.one_of(st.integers(0, top), st.integers(top - (1 << 26), top),
+                     st.integers(0xC0000000, 0xC0003000), st.integers(0, 0xFFFF))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_columns_render_and_count_as_records_do(data: st.DataObject) -> None:
+    """`decode_columns` decodes as `parse_records`, `render` prints the kernel's line
+    of each (the fixtures pin the line), and `text_length` counts exactly what
+    `render` prints, for every ABI, with and without symbols."""
+    abi = data.draw(st.sampled_from(ALL))
+    calls = data.draw(st.lists(st.tuples(addresses(abi), addresses(abi),
+                                         st.integers(0, (1 << 56) - 1), st.integers(0, 255)),
+                               max_size=20))
+    blob = b"".join(ftrace_record(abi, ip, parent, stamp, cpu & (abi.cpu_in_ip_mask or 255))
+                    for ip, parent, stamp, cpu in calls)
+    records = parse_records(abi, blob)
+    columns = Records(abi, blob)
+    assert list(columns.ips) == [r.ip for r in records]
+    assert list(columns.cpus) == [r.cpu for r in records]
+    assert list(columns.stamps) == [r.timestamp for r in records]
+    for table in (NO_SYMBOLS, SYMBOLS):
+        names = Names(table)
+        text = render(columns, names)
+        assert text_length(columns, names) == len(text)
+        assert text.decode().splitlines() == [
+            f"CPU:{r.cpu} ts:{r.timestamp} {r.ip:08x}  {r.parent_ip:08x}  "
+            f"{table.name(r.ip)} <- {table.name_offset(r.parent_ip)}" for r in records]
+    assert ftrace_record_format(abi).size * len(records) == len(blob)
 
 
 # -- the kernel's ftrace text, from the fixture's image and System.map ---------------------
@@ -93,13 +164,15 @@ def fixture_ftrace_records(case: Case) -> list[FtraceRecord]:
 @pytest.mark.parametrize("case", FTRACE_CASES, ids=lambda c: c.id)
 def test_ftrace_text_is_the_kernels(case: Case) -> None:
     kernel = case.files["ftrace-pstore_blk-0"]
-    assert render_text(fixture_ftrace_records(case), system_map(case.id)) == kernel
+    abi = resolve_abi(case.meta["arch"])
+    assert render_records(fixture_ftrace_records(case), system_map(case.id), abi) == kernel
 
 
 @pytest.mark.parametrize("case", FTRACE_CASES, ids=lambda c: c.id)
 def test_ftrace_text_without_symbols_falls_back_to_addresses(case: Case) -> None:
     kernel = case.files["ftrace-pstore_blk-0"].decode().splitlines()
-    ours = render_text(fixture_ftrace_records(case), NO_SYMBOLS).decode().splitlines()
+    abi = resolve_abi(case.meta["arch"])
+    ours = render_records(fixture_ftrace_records(case), NO_SYMBOLS, abi).decode().splitlines()
     assert len(ours) == len(kernel)
     for k, o in zip(kernel, ours, strict=True):
         fixed, _, _names = k.partition("  ")[2].partition("  ")
@@ -270,10 +343,10 @@ def test_sign_extended_mips32_map_names_32_bit_records() -> None:
     table = SymbolTable(MIPS32_MAP)
     records = [FtraceRecord(0x801291D4, 0x80173F2C, 0, 2486358),
                FtraceRecord(0x80760010, 0xC0001234, 1, 2486359)]  # init text; a module
-    assert render_text(records, table.within(32)) == (
+    assert render_records(records, table.within(32), LE32) == (
         b"CPU:0 ts:2486358 801291d4  80173f2c  raise_softirq <- update_process_times+0x5c/0x98\n"
         b"CPU:1 ts:2486359 80760010  c0001234  start_kernel <- 0xc0001234\n")
-    assert render_text(records, table) == (  # without the word size: what issue 17 saw
+    assert render_records(records, table, LE32) == (  # without the word size: what issue 17 saw
         b"CPU:0 ts:2486358 801291d4  80173f2c  0x801291d4 <- 0x80173f2c\n"
         b"CPU:1 ts:2486359 80760010  c0001234  0x80760010 <- 0xc0001234\n")
     assert table.within(64) is table
@@ -287,5 +360,5 @@ def test_unextended_32_bit_map_is_kept_as_is() -> None:
     table = SymbolTable(ARM_MAP)
     assert table.within(32) is table
     records = [FtraceRecord(0xC012A0DC, 0xC01B6EA4, 0, 77)]
-    assert render_text(records, table.within(32)) == (
+    assert render_records(records, table.within(32), LE32) == (
         b"CPU:0 ts:77 c012a0dc  c01b6ea4  raise_softirq <- update_process_times+0x34/0x90\n")

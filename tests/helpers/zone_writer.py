@@ -22,11 +22,19 @@ of any ABI pstorefs reads; only x86_64 and i386 are pinned to kernel images.
 
 from __future__ import annotations
 
+import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from os import PathLike
 
-from pstorefs.format.abi import Abi, ftrace_record_struct, kmsg_header_struct, zone_header_struct
+from pstorefs.format.abi import (
+    Abi,
+    ftrace_record_format,
+    ftrace_record_struct,
+    kmsg_header_struct,
+    zone_header_struct,
+)
 from pstorefs.format.consts import (
     PSTORE_KMSG_HEADER_MAGIC,
     PSZ_SIG,
@@ -59,6 +67,20 @@ def ftrace_record(abi: Abi, ip: int, parent_ip: int, stamp: int, cpu: int) -> by
     else:
         ts = (stamp << TS_CPU_SHIFT | cpu) & U64_MASK
     return ftrace_record_struct(abi).build({"ip": ip, "parent_ip": parent_ip, "ts": ts})
+
+
+def ftrace_records(abi: Abi, calls: Iterable[tuple[int, int, int, int]]) -> bytes:
+    """`ftrace_record` of each (ip, parent_ip, stamp, cpu), packed many at a time (the
+    struct format of the same layout), for zones of millions of records."""
+    fmt = ftrace_record_format(abi)
+    fields: list[int] = []
+    for ip, parent_ip, stamp, cpu in calls:
+        if abi.cpu_in_ip_mask:
+            fields += (ip | cpu, parent_ip, stamp)
+        else:
+            fields += (ip, parent_ip, (stamp << TS_CPU_SHIFT | cpu) & U64_MASK)
+    count = len(fields) // 3
+    return struct.pack(fmt.format[0] + fmt.format[1:] * count, *fields)
 
 
 def kernel_sizes(mount_options: str) -> dict[str, int]:
@@ -246,6 +268,16 @@ class ZoneWriter:
     def ftrace_call(self, cpu: int, ip: int, parent_ip: int, stamp: int) -> None:
         """One traced call on `cpu`: the record goes to that CPU's zone."""
         self.ftrace[cpu].write(ftrace_record(self.abi, ip, parent_ip, stamp, cpu))
+
+    def ftrace_calls(self, cpu: int, records: bytes) -> None:
+        """Many calls on `cpu` (`ftrace_records`), as `ftrace_call` one by one would
+        leave the zone: written in pieces of whole records no larger than the ring, whose
+        wrap then splits them where it split the records."""
+        ring = self.ftrace[cpu]
+        size = ftrace_record_format(self.abi).size
+        step = ring.buffer_size // size * size
+        for at in range(0, len(records), step):
+            ring.write(records[at:at + step])
 
     def save(self, path: str | PathLike[str]) -> None:
         with open(path, "wb") as fh:

@@ -37,8 +37,9 @@ from pstorefs.codecs.compression import decompress
 from pstorefs.codecs.reed_solomon import rs_codec
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import ABIS, Abi, resolve_abi
+from pstorefs.format.abi_detect import FTRACE_SAMPLE, FTRACE_SAMPLE_ZONES
 from pstorefs.format.consts import DUMP_HEADER, PstoreType, vote_little_endian
-from pstorefs.format.ftrace import merge_zones, parse_records, render_text
+from pstorefs.format.ftrace import Names, parse_records
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.ramoops import (
     PERSISTENT_RAM_BUFFER_SIZE,
@@ -65,6 +66,7 @@ from pstorefs.store.base import (
 )
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device, data_slots
+from pstorefs.store.ftrace import FtraceText, InMemory, ZoneData
 from pstorefs.store.ramoops.detect import find_layout
 from pstorefs.store.ramoops.layout import RamoopsGeometry
 
@@ -280,8 +282,9 @@ class RamoopsStore(Store):
         `i` names CPU `i`. Where several ABIs fit, or none, or there are no records,
         the byte order's first is taken, and a note says so."""
         candidates = [abi for abi in ABIS.values() if abi.little_endian == self.little_endian]
-        zones = [(prz.zone.index, self._content(prz)[0]) for prz in self._przs.values()
-                 if prz.zone.type is PstoreType.FTRACE]
+        zones = [(prz.zone.index, self._content(prz)[0][-FTRACE_SAMPLE:])
+                 for prz in self._przs.values()
+                 if prz.zone.type is PstoreType.FTRACE][:FTRACE_SAMPLE_ZONES]
         if not zones:
             return candidates[0]
         fitting = [abi for abi in candidates
@@ -435,12 +438,15 @@ class RamoopsStore(Store):
         return ecc_geometry(first.size, self.geometry.ecc_size).buffer_size
 
     def _ftrace_text(self, record: Record) -> tuple[bytes, int, int]:
-        per_cpu, corrected, bad = [], 0, 0
+        """The ftrace text whole (the ECC notice follows it), and the ECC counts."""
+        zones: list[ZoneData] = []
+        corrected = bad = 0
         for zone in record.zones:
             content, zone_corrected, zone_bad = self._content(self._przs[zone])
-            per_cpu.append(parse_records(self.abi, content))
+            zones.append(InMemory(content))
             corrected, bad = corrected + zone_corrected, bad + zone_bad
-        return render_text(merge_zones(per_cpu), self.symbols), corrected, bad
+        text = FtraceText(self.abi, zones, Names(self.symbols))
+        return text.read(0, text.size), corrected, bad
 
     # -- erase ----------------------------------------------------------------------
     def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pstorefs.codecs.compression import decompress
 from pstorefs.errors import DeviceError
 from pstorefs.format.abi import Abi, byte_order_abi, resolve_abi
-from pstorefs.format.abi_detect import detect_abi
+from pstorefs.format.abi_detect import FTRACE_SAMPLE, FTRACE_SAMPLE_ZONES, detect_abi
 from pstorefs.format.consts import (
     PSTORE_KMSG_HEADER_MAGIC,
     KmsgDumpReason,
@@ -20,7 +20,7 @@ from pstorefs.format.consts import (
     reason_name,
     zone_sig,
 )
-from pstorefs.format.ftrace import merge_zones, parse_records, render_text
+from pstorefs.format.ftrace import Names
 from pstorefs.format.kallsyms import NO_SYMBOLS, SymbolTable
 from pstorefs.format.zone import (
     KmsgHeader,
@@ -45,6 +45,7 @@ from pstorefs.store.base import (
 from pstorefs.store.config import StoreConfig
 from pstorefs.store.device import Device
 from pstorefs.store.flash import erase_block_size, erase_keeping
+from pstorefs.store.ftrace import ErasedRing, FtraceText, RingData, ZoneData
 from pstorefs.store.zone.detect import (
     Detection,
     detect,
@@ -141,6 +142,7 @@ class ZoneStore(Store):
                 self.assumed += (note,)
         self.abi = abi
         self.symbols = symbols.within(8 * abi.long_size)
+        self._names = Names(self.symbols)
         self._kmsg_header_size = abi.kmsg_header_size
         self._records = self._recover(probes)
         contradiction = disagreements(device.read, geometry, probes, self._byte_order,
@@ -186,11 +188,24 @@ class ZoneStore(Store):
                         in probes.dmesg_fields(self._byte_order)
                         if sig == zone_sig(PstoreType.DMESG)
                         and 0 < datalen <= first.buffer_size]
-        ftrace_zones = [self._ring_data(zone, self._header(zone, raw))
-                        for zone, raw in probes.rings.items()
-                        if zone.type is PstoreType.FTRACE]
+        ftrace_zones = []
+        for zone, raw in probes.rings.items():
+            header = self._header(zone, raw)
+            if (zone.type is PstoreType.FTRACE and len(ftrace_zones) < FTRACE_SAMPLE_ZONES
+                    and ring_zone_ok(header, zone.type, zone.buffer_size)):
+                ring = self._ring(zone, header)
+                length = min(ring.size, FTRACE_SAMPLE)  # the newest records: whole ones
+                try:
+                    ftrace_zones.append(ring.read(ring.size - length, length))
+                except DeviceError as exc:
+                    log.error("%s zone %d: %s", zone.type.file_prefix, zone.index, exc)
         return detect_abi(little_endian=self._byte_order.little_endian, kmsg_headers=kmsg_headers,
-                          ftrace_zones=[data for data in ftrace_zones if data])
+                          ftrace_zones=ftrace_zones)
+
+    def _ring(self, zone: Zone, header: ZoneHeader) -> RingData:
+        """A ring zone's bytes in write order, read by ranges (header as `ring_zone_ok`)."""
+        return RingData(self._read_between_erases, zone.offset + zone.header_size,
+                        header.start, header.datalen)
 
     def _ring_data(self, zone: Zone, header: ZoneHeader) -> bytes | None:
         """A ring zone's bytes in write order, or None if it holds no record."""
@@ -364,19 +379,18 @@ class ZoneStore(Store):
         data = self.device.read(zone.offset + zone.header_size, zone.buffer_size)
         return data.rstrip(_FILL)
 
-    def _ftrace_text(self, record: Record) -> bytes:
-        per_cpu = []
+    def _ftrace_text(self, record: Record) -> FtraceText:
+        """The ftrace file, rendered by ranges as it is read. An erased zone's last
+        record may end in zeros, which erasing stripped: put back."""
+        zones: list[ZoneData] = []
         for zone, raw in zip(record.zones, record.snapshot, strict=True):
             if record.erased:
-                data = self._erased_ring(zone)  # the last record may end in zeros:
-                size = self.abi.ftrace_record_size
-                data = data.ljust(min(-(-len(data) // size) * size, zone.buffer_size), b"\0")
+                zones.append(ErasedRing(self._read_between_erases,
+                                        zone.offset + zone.header_size, zone.buffer_size,
+                                        self.abi.ftrace_record_size, _FILL))
             else:
-                data = self._ring_data(zone, self._header(zone, raw))
-            if data is None:
-                raise DeviceError(f"{self.device.path}: ftrace zone {zone.index} unreadable")
-            per_cpu.append(parse_records(self.abi, data))
-        return render_text(merge_zones(per_cpu), self.symbols)
+                zones.append(self._ring(zone, self._header(zone, raw)))
+        return FtraceText(self.abi, zones, self._names)
 
     # -- erase: psz_pstore_erase -------------------------------------------------------
     def _unchanged(self, zone: Zone, snapshot: bytes) -> bool:
