@@ -16,6 +16,7 @@ import pyfuse3
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from helpers.cases import (
     ERASE_CASES,
@@ -438,3 +439,45 @@ async def test_an_erase_that_stalls_leaves_the_loop_serving(open_ops) -> None:
     assert sorted(again.ops.store.entry(r).name for r in again.ops.store.records) == sorted(
         n for n in KMSG.files if n.encode() not in (victim, other))
 
+
+
+async def test_an_unmount_waits_for_the_erase_under_way(open_ops) -> None:
+    """Cancelling `unlink` while the device holds its erase (pyfuse3.main ending on an
+    exception in another handler cancels the rest, and `mount` then closes the store)
+    does not abandon the erase: the handler ends only once it is done."""
+    m = open_ops(KMSG)
+    store = m.ops.store
+    device_answers = threading.Event()
+    erasing = threading.Event()
+    real_erase = store.erase
+    erased: list[bool] = []
+
+    def stalled_erase(record) -> None:
+        erasing.set()
+        device_answers.wait()
+        real_erase(record)
+        erased.append(True)
+
+    store.erase = stalled_erase
+    victim = b"dmesg-pstore_blk-0"
+    await m.ops.lookup(ROOT, victim, CTX)
+    ended: list[bool] = []
+    unmount = trio.CancelScope()
+
+    async def unlink() -> None:
+        with unmount:
+            try:
+                await m.ops.unlink(ROOT, victim, CTX)
+            finally:
+                ended.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(unlink)
+        await trio.to_thread.run_sync(erasing.wait)
+        unmount.cancel()
+        try:
+            await trio.testing.wait_all_tasks_blocked()
+            assert not ended  # still waiting for the device
+        finally:
+            device_answers.set()
+    assert ended and erased
