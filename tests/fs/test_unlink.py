@@ -481,3 +481,38 @@ async def test_an_unmount_waits_for_the_erase_under_way(open_ops) -> None:
         finally:
             device_answers.set()
     assert ended and erased
+
+
+async def test_a_handle_released_during_rm_leaves_no_content_kept(open_ops, monkeypatch) -> None:
+    """An open whose content the kernel's page cache already held keeps none here, so
+    `rm` fetches it for the handle (unlink rule); the handle's RELEASE, which the kernel
+    sends after close in the background, may come meanwhile: nothing is then kept for
+    an inode without handles (a body per archived record would stay in memory)."""
+    monkeypatch.setattr("pstorefs.fs.operations._store_in_kernel", lambda inode, body: True)
+    m = open_ops(KMSG)
+    store = m.ops.store
+    victim = b"dmesg-pstore_blk-0"
+    inode = (await m.ops.lookup(ROOT, victim, CTX)).st_ino
+    await m.ops.release((await m.ops.open(inode, os.O_RDONLY, CTX)).fh)  # systemd-pstore reads
+    fh = (await m.ops.open(inode, os.O_RDONLY, CTX)).fh  # and opens again: nothing read
+    real_read = store.read
+    reading, device_answers = threading.Event(), threading.Event()
+
+    def slow_read(record, wait=True):
+        if not wait:
+            return None  # dropped from the store's cache
+        reading.set()
+        device_answers.wait()
+        return real_read(record)
+
+    store.read = slow_read
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(m.ops.unlink, ROOT, victim, CTX)
+            await trio.to_thread.run_sync(reading.wait)
+            await m.ops.release(fh)
+            device_answers.set()
+    finally:
+        device_answers.set()
+    await expect_errno(errno.ENOENT, m.ops.lookup(ROOT, victim, CTX))
+    assert inode not in m.ops._open
