@@ -183,8 +183,11 @@ async def _serve(report: Callable[[str], None] | None) -> None:
 def _syncer(directory: str) -> Callable[[], None]:
     """What `-o sync_before_erase=DIR` runs before each erase: syncfs(2) on DIR's
     filesystem (data and metadata, renames included; os has no syncfs). DIR is opened
-    now, so that a missing one fails the mount, not the first `rm`."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    now, so that a missing one fails the mount (naming the option), not the first `rm`."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SourceError(f"sync_before_erase={directory}: {exc.strerror}") from None
     libc = ctypes.CDLL(None, use_errno=True)
 
     def sync() -> None:

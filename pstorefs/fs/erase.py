@@ -10,6 +10,9 @@ its CPU (`sched_yield`) until the erase is done, for at most `ERASE_PATIENCE`: t
 erase then costs what it would inline. An erase slower than that is awaited as any
 thread is, the loop serving lookups and reads meanwhile, and so is every erase after
 it until one is fast again: a stalled device holds the loop `ERASE_PATIENCE` once.
+An erase under way is never abandoned, not even when the handler is cancelled (the
+mount ending on another handler's exception): the store is closed only after it,
+never under a half-written erase.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class Eraser:
                 if not result:
                     woken.append(ended)
             if woken:
-                await ended.wait()
+                with trio.CancelScope(shield=True):  # a cancelled handler waits too
+                    await ended.wait()
         self.fast = time.monotonic() - began < ERASE_PATIENCE
         try:
             result[0].unwrap()

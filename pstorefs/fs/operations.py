@@ -399,7 +399,9 @@ class Operations(pyfuse3.Operations):
             if (await self._entry(inode)).name != os.fsdecode(name):
                 raise pyfuse3.FUSEError(errno.ENOENT)  # located, not found: see Store.locate
             if inode in self._open:  # its handles read on after the erase (unlink rule)
-                self._open.keep(inode, await self._body(inode))
+                body = await self._body(inode)
+                if inode in self._open:  # not if their RELEASE came meanwhile
+                    self._open.keep(inode, body)
             if self._before_erase is not None:
                 await in_thread(self.store, self._before_erase)
             await self._eraser.erase(self._files[self._index(inode)])

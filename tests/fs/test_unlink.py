@@ -16,6 +16,7 @@ import pyfuse3
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from helpers.cases import (
     ERASE_CASES,
@@ -402,7 +403,7 @@ async def test_unlink_is_for_root_and_the_files_owner(open_ops) -> None:
 
 
 # -- the erase hand-off: the loop waits for a fast device, serves on past a slow one -----------
-async def test_an_erase_that_stalls_leaves_the_loop_serving(open_ops) -> None:
+async def test_an_erase_that_stalls_leaves_the_loop_serving(open_ops, monkeypatch) -> None:
     """While a record's erase is stuck in the device, lookups and reads of the others
     are answered; the erase completes once the device answers, and the erases after a
     slow one are awaited without holding the loop at all, until one is fast again."""
@@ -431,6 +432,7 @@ async def test_an_erase_that_stalls_leaves_the_loop_serving(open_ops) -> None:
     await expect_errno(errno.ENOENT, m.ops.lookup(ROOT, victim, CTX))
     assert not m.ops._eraser.fast  # that one was slow: the next is awaited at once
     store.erase = real_erase
+    monkeypatch.setattr("pstorefs.fs.erase.ERASE_PATIENCE", 3600.0)  # fast, whatever the load
     await m.ops.unlink(ROOT, other, CTX)
     assert m.ops._eraser.fast  # and fast again
     store.close()
@@ -438,3 +440,80 @@ async def test_an_erase_that_stalls_leaves_the_loop_serving(open_ops) -> None:
     assert sorted(again.ops.store.entry(r).name for r in again.ops.store.records) == sorted(
         n for n in KMSG.files if n.encode() not in (victim, other))
 
+
+
+async def test_an_unmount_waits_for_the_erase_under_way(open_ops) -> None:
+    """Cancelling `unlink` while the device holds its erase (pyfuse3.main ending on an
+    exception in another handler cancels the rest, and `mount` then closes the store)
+    does not abandon the erase: the handler ends only once it is done."""
+    m = open_ops(KMSG)
+    store = m.ops.store
+    device_answers = threading.Event()
+    erasing = threading.Event()
+    real_erase = store.erase
+    erased: list[bool] = []
+
+    def stalled_erase(record) -> None:
+        erasing.set()
+        device_answers.wait()
+        real_erase(record)
+        erased.append(True)
+
+    store.erase = stalled_erase
+    victim = b"dmesg-pstore_blk-0"
+    await m.ops.lookup(ROOT, victim, CTX)
+    ended: list[bool] = []
+    unmount = trio.CancelScope()
+
+    async def unlink() -> None:
+        with unmount:
+            try:
+                await m.ops.unlink(ROOT, victim, CTX)
+            finally:
+                ended.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(unlink)
+        await trio.to_thread.run_sync(erasing.wait)
+        unmount.cancel()
+        try:
+            await trio.testing.wait_all_tasks_blocked()
+            assert not ended  # still waiting for the device
+        finally:
+            device_answers.set()
+    assert ended and erased
+
+
+async def test_a_handle_released_during_rm_leaves_no_content_kept(open_ops, monkeypatch) -> None:
+    """An open whose content the kernel's page cache already held keeps none here, so
+    `rm` fetches it for the handle (unlink rule); the handle's RELEASE, which the kernel
+    sends after close in the background, may come meanwhile: nothing is then kept for
+    an inode without handles (a body per archived record would stay in memory)."""
+    monkeypatch.setattr("pstorefs.fs.operations._store_in_kernel", lambda inode, body: True)
+    m = open_ops(KMSG)
+    store = m.ops.store
+    victim = b"dmesg-pstore_blk-0"
+    inode = (await m.ops.lookup(ROOT, victim, CTX)).st_ino
+    await m.ops.release((await m.ops.open(inode, os.O_RDONLY, CTX)).fh)  # systemd-pstore reads
+    fh = (await m.ops.open(inode, os.O_RDONLY, CTX)).fh  # and opens again: nothing read
+    real_read = store.read
+    reading, device_answers = threading.Event(), threading.Event()
+
+    def slow_read(record, wait=True):
+        if not wait:
+            return None  # dropped from the store's cache
+        reading.set()
+        device_answers.wait()
+        return real_read(record)
+
+    store.read = slow_read
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(m.ops.unlink, ROOT, victim, CTX)
+            await trio.to_thread.run_sync(reading.wait)
+            await m.ops.release(fh)
+            device_answers.set()
+    finally:
+        device_answers.set()
+    await expect_errno(errno.ENOENT, m.ops.lookup(ROOT, victim, CTX))
+    assert inode not in m.ops._open

@@ -227,13 +227,21 @@ def test_no_erase_before_the_copy_is_on_disk(tmp_path: Path) -> None:
     assert image.read_bytes() == before
 
 
-def test_sync_before_erase_needs_a_directory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("what", ["missing", "a file"])
+def test_sync_before_erase_needs_a_directory(tmp_path: Path, what: str) -> None:
+    """Opened before the source, and named by its option: a bare path would read as
+    the source's error in the boot unit's log."""
     image = copy_image(tmp_path, STORAGE_CASE)
     (tmp_path / "mnt").mkdir()
+    directory = tmp_path / "archive"
+    if what == "a file":
+        directory.write_bytes(b"")
     result = run([str(VENV_BIN / "pstorefs"), str(image), str(tmp_path / "mnt"), "-o",
-                  f"sync_before_erase={tmp_path / 'none'}"])
+                  f"sync_before_erase={directory}"])
     assert result.returncode == 1
-    assert result.stderr == f"pstorefs: {tmp_path / 'none'}: No such file or directory\n"
+    assert result.stderr == (f"pstorefs: sync_before_erase={directory}: "
+                             + ("No such file or directory" if what == "missing"
+                                else "Not a directory") + "\n")
     assert not os.path.ismount(tmp_path / "mnt")
 
 
