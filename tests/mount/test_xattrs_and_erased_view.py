@@ -99,8 +99,8 @@ def test_erased_view_of_kernel_erased_images(tmp_path: Path, case: Case) -> None
     come back under erased/ as they were, read-only, and nothing is written."""
     erase = case.meta["erase"]
     image = tmp_path / "after.bin"
-    shutil.copyfile(case.dir / erase["image_after"], image)
-    before_path = case.dir / erase["image_before"]
+    shutil.copyfile(case.file(erase["image_after"]), image)
+    before_path = case.file(erase["image_before"])
     opts = mount_options(case)
     with closing(open_store(str(before_path), StoreConfig(read_only=True, name="pstore_blk"))
                  ) as store:
@@ -124,7 +124,7 @@ def test_erased_view_of_kernel_erased_images(tmp_path: Path, case: Case) -> None
             with pytest.raises(OSError) as err:
                 os.unlink(erased / name)
             assert err.value.errno == errno.EPERM
-    assert sha(image) == sha(case.dir / erase["image_after"])
+    assert sha(image) == sha(case.file(erase["image_after"]))
     with mounted(image, tmp_path / "mnt2", opts) as mnt:
         assert "erased" not in os.listdir(mnt)
 
@@ -132,7 +132,7 @@ def test_erased_view_of_kernel_erased_images(tmp_path: Path, case: Case) -> None
 def test_erased_view_on_ro_mount(tmp_path: Path) -> None:
     case = case_by_id("kmsg-deflate-3oops")
     image = tmp_path / "after.bin"
-    shutil.copyfile(case.dir / case.meta["erase"]["image_after"], image)
+    shutil.copyfile(case.file(case.meta["erase"]["image_after"]), image)
     with mounted(image, tmp_path / "mnt", "name=pstore_blk,show_erased,ro") as mnt:
         name = "dmesg-pstore_blk-0"
         assert (mnt / "erased" / name).read_bytes() == case.files[name]

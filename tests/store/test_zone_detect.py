@@ -72,7 +72,7 @@ def detected_config(case: Case) -> StoreConfig:
 
 FIXTURE_IMAGES = [(case, name) for case in CASES
                   for name in ("image.bin", "image-before-erase.bin", "image-after-erase.bin")
-                  if (case.dir / name).exists()]
+                  if name in case.images]
 
 
 def fixture_id(param: object) -> str:
@@ -81,7 +81,7 @@ def fixture_id(param: object) -> str:
 
 @pytest.mark.parametrize(("case", "image"), FIXTURE_IMAGES, ids=fixture_id)
 def test_fixture_detected_as_with_the_options(case: Case, image: str) -> None:
-    path = case.dir / image
+    path = case.file(image)
     before = sha(path)
     got, geometry, _ = opened(path, detected_config(case))
     want, _, _ = opened(path, case_config(case))
@@ -96,7 +96,7 @@ def test_fixture_detected_as_with_the_options(case: Case, image: str) -> None:
 def test_fixture_infer_layout(case: Case, image: str) -> None:
     """`scan` finds headers only at the case's zone starts, of the zone's type, and
     `infer_layout` gives the case's options back."""
-    data = (case.dir / image).read_bytes()
+    data = (case.file(image)).read_bytes()
     hits = scan(reader(data), len(data))
     starts = {z.offset: z.type for z in zone_layout(case, len(data))}
     assert all(starts.get(h.offset) == h.type.file_prefix for h in hits), hits
@@ -113,7 +113,7 @@ def test_fixture_erase_on_the_detected_layout(case: Case, tmp_path: Path) -> Non
     """rm on the detected layout writes what the kernel's rm wrote (with pstorefs'
     planned ftrace deviation), and the image then still detects the same."""
     erase = case.meta["erase"]
-    path = save((case.dir / erase["image_before"]).read_bytes(), tmp_path)
+    path = save((case.file(erase["image_before"])).read_bytes(), tmp_path)
     config = dataclasses.replace(detected_config(case), read_only=False)
     with closing(open_store(str(path), config)) as store:
         for name in erase["remove"]:
@@ -424,7 +424,7 @@ def test_flash_layout_detected(case_id: str, image: str) -> None:
     case = next(c for c in BACKEND_CASES if c.id == case_id)
     erasesize = int(case.option("erasesize"))
     config = StoreConfig(read_only=True, name="pstore_blk", erasesize=erasesize)
-    with closing(open_store(str(case.dir / image), config)) as store:
+    with closing(open_store(str(case.file(image)), config)) as store:
         assert store.geometry == Geometry(kmsg_size=64 * KIB)
         names = sorted(store.entry(r).name for r in store.records)
         if image == "image.bin":
