@@ -55,6 +55,9 @@ case_ linux6.12-kmsg4-deflate-noise "$B/6.12/vmlinuz" "$K612" \
 case_ linux6.12-kmsg4-deflate-random "$B/6.12/vmlinuz" "$K612" \
     "Three oopses into 4 KiB dmesg zones after short random base64 lines (printk prefixes compress): deflate still fits." \
     "pstore.compress=deflate" 3 random:120 --modules "$M612" --insmod "$(ins612 4)"
+case_ linux6.12-lzo-fallback-3oops "$B/6.12/vmlinuz" "$K612" \
+    "Three oopses, 64 KiB dmesg zones on 1 MiB, pstore.compress=lzo, which 6.6+ no longer offers: it says so and uses deflate." \
+    "pstore.compress=lzo" 3 text:400 --modules "$M612" --insmod "$(ins612 64)"
 case_ linux6.12-kmsg8-deflate-5oops "$B/6.12/vmlinuz" "$K612" \
     "Five oopses into 8 KiB dmesg zones on a 1 MiB partition, 6.6+ deflate of at most bufsize*100/60 bytes of text." \
     "pstore.compress=deflate" 5 text:50 --modules "$M612" --insmod "$(ins612 8)"
@@ -64,9 +67,11 @@ K510B="$B/bzImage-5.10"
 case_ linux5.10-zstd-3oops "$K510B" "$K510" \
     "Three oopses after 400 filler lines each, default 64 KiB dmesg zones on a 1 MiB partition, zstd frames as 5.8-5.15 wrote them (no content size)." \
     "$BLK pstore_blk.kmsg_size=64 pstore.compress=zstd" 3 text:400
-case_ linux5.10-deflate-3oops "$K510B" "$K510" \
-    "Three oopses after 400 filler lines each, default 64 KiB dmesg zones on a 1 MiB partition, crypto-API deflate (2 KiB window)." \
-    "$BLK pstore_blk.kmsg_size=64 pstore.compress=deflate" 3 text:400
+for algo in deflate lzo lz4 842; do
+    case_ "linux5.10-$algo-3oops" "$K510B" "$K510" \
+        "Three oopses after 400 filler lines each, default 64 KiB dmesg zones on a 1 MiB partition, 5.10's crypto-API $algo." \
+        "$BLK pstore_blk.kmsg_size=64 pstore.compress=$algo" 3 text:400
+done
 # 160 MiB with 4 KiB zones: 5.8-5.10 have no 128 MiB cap. Zone 32766 gets a hand-made
 # erased header (time 1 s) so that the kernel writes zones 32767, 32768 and 32769.
 case_ linux5.10-160MiB-kmsg4-zstd "$K510B" "$K510" \
