@@ -80,3 +80,11 @@ case_ linux5.10-160MiB-kmsg4-zstd "$K510B" "$K510" \
     --size 160M --sparse --uncapped --seed-erased $((32766 * 4096)) --watch "32767 3" --rm dmesg-pstore_blk-32768 \
     --note "Zone 32766 (offset 134209536) holds an erased dmesg header written by oracle.py, not by a kernel (signature, datalen 0, kmsg magic, time 1 s, Oops count 0): zone.c's recovery then puts the next record in zone 32767. Everything else was written by the kernel." \
     --note "The images are kept gzipped (\`image.bin.gz\`, \`image-after-erase.bin.gz\`, case.json \`sparse_images\`); tests/helpers/cases.py expands them."
+
+# Linux 6.12 built from linux-source-6.12 (pstore-6.12.config): every front end
+K612S="Linux 6.12.118 (Debian linux-source-6.12 6.12.118-1~deb12u1), tinyconfig + contrib/oracle/pstore-6.12.config, PSTORE_BLK/PMSG/CONSOLE/FTRACE built in"
+case_ linux6.12-all-fronts "$B/bzImage-6.12" "$K612S" \
+    "dmesg (2 oopses, deflate), pmsg, console and ftrace zones, 64 KiB each on 2 MiB, one CPU, written by 6.12." \
+    "$BLK pstore_blk.kmsg_size=64 pstore_blk.pmsg_size=64 pstore_blk.console_size=64 pstore_blk.ftrace_size=64" \
+    2 text:20 --size 2M --fronts --watch "48 464" --system-map "$B/System.map-6.12" \
+    --rm "@first,pmsg-pstore_blk-0,ftrace-pstore_blk-0"

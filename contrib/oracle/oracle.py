@@ -116,6 +116,10 @@ def main() -> int:
     ap.add_argument("--insmod", default="", help='"a.ko args;b.ko args", loaded first')
     ap.add_argument("--sparse", action="store_true",
                     help="keep the images as image.bin.gz (large, mostly empty partitions)")
+    ap.add_argument("--fronts", action="store_true",
+                    help="pmsg lines and ftrace recording too; keep the partition as the "
+                         "reading boot's rm found it (its console zone changes)")
+    ap.add_argument("--system-map", type=Path, help="the writer's System.map, kept gzipped")
     ap.add_argument("--uncapped", action="store_true",
                     help='case.json "capped": false: the writer (5.8-5.10) used the whole '
                          'partition, not the first 128 MiB')
@@ -139,7 +143,8 @@ def main() -> int:
     insmod = f'oracle_insmod="{a.insmod}"' if a.insmod else ""
     t_write = boot(a.kernel, initrd, [part], f"{a.params} {insmod} oracle_mode=write "
                    f"oracle_oopses={a.oopses} oracle_crash={a.crash} "
-                   f"oracle_filler={a.filler} " + (f'oracle_watch="{a.watch}"' if a.watch else ""),
+                   f"oracle_filler={a.filler} " + (f'oracle_watch="{a.watch}" ' if a.watch else "")
+                   + ("oracle_fronts=1" if a.fronts else ""),
                    work / "write.log")
     if b"nothing reached the disk" in (work / "write.log").read_bytes():
         sys.exit(f"{a.id}: an oops was not written; see {work}/write.log")
@@ -149,7 +154,8 @@ def main() -> int:
     with out.open("wb") as f:
         f.truncate(a.size * 2 + (64 << 20))
     t_read = boot(a.kernel, initrd, [part, out], f"{a.params} {insmod} oracle_mode=read "
-                  f"oracle_rm={rm}", work / "read.log")
+                  f"oracle_rm={rm}" + (" oracle_keep_before=1" if a.fronts else ""),
+                  work / "read.log")
     got = work / "got"
     with tarfile.open(out) as t:
         t.extractall(got, filter="data")
@@ -158,8 +164,13 @@ def main() -> int:
     names = (got / "names_before.txt").read_text().split()
     if not names:
         sys.exit(f"{a.id}: the kernel showed no files; see {work}/*.log")
+    before = "image.bin"
     if (got / "sha_before.txt").read_text().strip() != sha256(work / "image.bin"):
-        sys.exit(f"{a.id}: the read boot changed the partition before its rm")
+        if not (got / "image-before-erase.bin").exists():
+            sys.exit(f"{a.id}: the read boot changed the partition before its rm")
+        before = "image-before-erase.bin"
+    if (got / "rm-errors.txt").exists() and (got / "rm-errors.txt").read_text():
+        sys.exit(f"{a.id}: rm failed: {(got / 'rm-errors.txt').read_text()}")
     if (got / "sha_after.txt").read_text().strip() != sha256(part):
         sys.exit(f"{a.id}: the disk after poweroff differs from what the kernel read")
     removed = [n for n in names if n not in (got / "names_after.txt").read_text().split()]
@@ -182,6 +193,8 @@ def main() -> int:
     for f in files:
         shutil.copy(got / "files" / f["name"], dest / "files" / f["name"])
     images = {"image.bin": work / "image.bin", "image-after-erase.bin": part}
+    if before != "image.bin":
+        images[before] = got / before
     for name, src in images.items():
         if a.sparse:
             with src.open("rb") as i, gzip.open(dest / (name + ".gz"), "wb", 9) as o:
@@ -194,19 +207,36 @@ def main() -> int:
         "arch": "x86_64", "image_bytes": a.size,
         "mount_options": mount_options(blk, 1),
         "files": files,
-        "erase": {"image_before": "image.bin", "remove": removed,
+        "erase": {"image_before": before, "remove": removed,
                   "image_after": "image-after-erase.bin",
                   "names_after": (got / "names_after.txt").read_text().split()},
         "kernel_parameters": params,
         "cmdline": (got / "cmdline.txt").read_text().strip(),
     }
+    if a.system_map:
+        with a.system_map.open("rb") as i, gzip.open(dest / "System.map.gz", "wb", 9) as o:
+            shutil.copyfileobj(i, o)
+        case["system_map"] = "System.map.gz"
     if a.uncapped:
         case["capped"] = False
     if a.sparse:
         case["sparse_images"] = "gzip"
     (dest / "case.json").write_text(json.dumps(case, indent=2) + "\n")
     comp = params.get("pstore.compress", "?")
-    notes = "".join(f"- {n}\n" for n in a.note)
+    notes = list(a.note)
+    if a.fronts:
+        notes += ["pmsg, console and ftrace files take the mount time as mtime (mtime_ns null "
+                  "in case.json); the ftrace file's stat size is the binary records' size, "
+                  "its content the text `cat` gives (content_bytes).",
+                  "ftrace was recorded (debugfs pstore/record_ftrace) from before the first oops "
+                  "to after the last; a pmsg line was written after each oops."]
+    if before != "image.bin":
+        notes.append(f"{before} is the disk as the reading boot's rm found it (its console "
+                     "zone already holds that boot's messages).")
+    if a.system_map:
+        notes.append("`System.map.gz` is the writing kernel's symbol map (mount option "
+                     "`system_map=`), which the ftrace text needs.")
+    notes = "".join(f"- {n}\n" for n in notes)
     (dest / "README.md").write_text(
         f"# {a.id}\n\n{a.desc}\n\n"
         f"- Written and read back by: {case['kernel']}, arch x86_64, QEMU TCG, one CPU.\n"
@@ -217,7 +247,7 @@ def main() -> int:
         f"the kernel showed in /sys/fs/pstore, byte for byte.\n"
         f"- Writing boot: {a.oopses} oopses (LKDTM {a.crash}), filler `{a.filler or 'none'}` "
         f"written to /dev/kmsg before each.\n"
-        f"- Erase: from `image.bin`, the kernel's `rm` of {', '.join(removed)} gave "
+        f"- Erase: from `{before}`, the kernel's `rm` of {', '.join(removed)} gave "
         f"`image-after-erase.bin`; afterwards it listed "
         f"{', '.join(case['erase']['names_after']) or 'nothing'}.\n"
         f"{notes}"

@@ -74,6 +74,15 @@ class Case:
         return self.file("image.bin")
 
     @property
+    def compressor(self) -> str | None:
+        """The compressor that wrote the case's compressed records and names them: the
+        reading kernel's `pstore.compress` (lz4hc writes lz4 blocks, see
+        pstorefs/codecs/compression.py; `(null)` is 6.12's none), or deflate, Debian's
+        6.1 default, for the cases that do not record it."""
+        ran = self.meta.get("kernel_parameters", {}).get("pstore.compress", "deflate")
+        return {"lz4hc": "lz4", "(null)": None, "none": None}.get(ran, ran)
+
+    @property
     def capped(self) -> bool:
         """Whether the writer used at most 128 MiB (Linux 5.11+); case.json says
         "capped": false for a 5.8-5.10 writer, which used the whole partition."""

@@ -577,6 +577,8 @@ def straddle_image(tmp_path: Path) -> tuple[Path, str, list[int]]:
 class StraddleCase:
     """Just enough of a Case for zone_layout/zone_verdicts."""
 
+    capped = True
+
     def __init__(self, options: str, size: int) -> None:
         self.meta = {"mount_options": options, "image_bytes": size}
 
