@@ -203,7 +203,8 @@ def main() -> int:
             shutil.copy(src, dest / name)
     uname = (got / "uname.txt").read_text().strip()
     case = {
-        "id": a.id, "description": a.desc, "kernel": f"{a.kernel_desc}; uname -r {uname.split()[2]}",
+        "id": a.id, "description": a.desc,
+        "kernel": f"{a.kernel_desc}; uname -r {uname.split()[2]}",
         "arch": "x86_64", "image_bytes": a.size,
         "mount_options": mount_options(blk, 1),
         "files": files,
