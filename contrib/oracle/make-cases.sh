@@ -67,7 +67,7 @@ K510B="$B/bzImage-5.10"
 case_ linux5.10-zstd-3oops "$K510B" "$K510" \
     "Three oopses after 400 filler lines each, default 64 KiB dmesg zones on a 1 MiB partition, zstd frames as 5.8-5.15 wrote them (no content size)." \
     "$BLK pstore_blk.kmsg_size=64 pstore.compress=zstd" 3 text:400
-for algo in deflate lzo lz4 842; do
+for algo in deflate lzo lz4 lz4hc 842; do
     case_ "linux5.10-$algo-3oops" "$K510B" "$K510" \
         "Three oopses after 400 filler lines each, default 64 KiB dmesg zones on a 1 MiB partition, 5.10's crypto-API $algo." \
         "$BLK pstore_blk.kmsg_size=64 pstore.compress=$algo" 3 text:400
