@@ -40,9 +40,7 @@ def image_copy(tmp_path: Path):
     """A writable copy of a case's image (or another of its images)."""
 
     def copy(case: Case, name: str = "image.bin") -> Path:
-        dest = tmp_path / f"{case.id}-{name}"
-        shutil.copyfile(case.dir / name, dest)
-        return dest
+        return case.copy(name, tmp_path / f"{case.id}-{name}")
 
     return copy
 

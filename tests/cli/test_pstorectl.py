@@ -56,11 +56,11 @@ def test_extract_writes_every_record_with_its_mtime(tmp_path: Path) -> None:
 def test_erase_writes_what_the_kernel_wrote(tmp_path: Path) -> None:
     case = case_by_id("kmsg-plain-3oops")
     image = tmp_path / "image.bin"
-    shutil.copyfile(case.dir / case.meta["erase"]["image_before"], image)
+    shutil.copyfile(case.file(case.meta["erase"]["image_before"]), image)
     names = case.meta["erase"]["remove"]
     result = ctl("erase", str(image), *names, names[0], "-o", case.options)
     assert result.returncode == 0, result.stderr
-    assert image.read_bytes() == (case.dir / case.meta["erase"]["image_after"]).read_bytes()
+    assert image.read_bytes() == (case.file(case.meta["erase"]["image_after"])).read_bytes()
 
 
 def test_reading_never_writes(tmp_path: Path) -> None:

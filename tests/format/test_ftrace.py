@@ -151,7 +151,8 @@ def fixture_ftrace_records(case: Case) -> list[FtraceRecord]:
     abi = resolve_abi(case.meta["arch"])
     image = case.image.read_bytes()
     zones = []
-    for zone in layout(len(image), **kernel_sizes(case.meta["mount_options"])):
+    for zone in layout(len(image), capped=case.capped,
+                       **kernel_sizes(case.meta["mount_options"])):
         if zone.type is not PstoreType.FTRACE:
             continue
         header = parse_zone_header(abi, image[zone.offset:], zone.offset)

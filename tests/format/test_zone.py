@@ -239,7 +239,8 @@ def dmesg_zone_heads(case: Case) -> list[bytes]:
     """The 52 bytes after the zone header of every written dmesg zone of a case."""
     image = case.image.read_bytes()
     heads = []
-    for zone in layout(len(image), **kernel_sizes(case.meta["mount_options"])):
+    for zone in layout(len(image), capped=case.capped,
+                       **kernel_sizes(case.meta["mount_options"])):
         raw = image[zone.offset:zone.offset + 64]
         sig, datalen = struct.unpack_from("<Ii", raw)
         if zone.type is PstoreType.DMESG and sig == PSZ_SIG and datalen > 0:

@@ -3,7 +3,6 @@ copy, as the CLI builds it."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ def open_ops(tmp_path: Path):
                 ownership: Ownership | None = None, path: Path | None = None) -> Mounted:
         if path is None:
             path = tmp_path / f"{case.id}-{len(stores)}-{image}"
-            shutil.copyfile(case.dir / image, path)
+            case.copy(image, path)
         opts = parse_options([case.options + ("," + extra if extra else "")])
         store = open_store(str(path), opts.store)
         stores.append(store)

@@ -1,19 +1,44 @@
 """The bundled kernel-written cases (tests/data), and what they imply: each case's zone
 layout and the image the kernel's erase leaves, computed from case.json alone.
 
-Every case under tests/data/fixtures was written and read back by a real Linux kernel
-(see its README.md); these are the oracle.
+Every case under tests/data/fixtures and tests/data/kernels was written and read back by
+a real Linux kernel (see its README.md); these are the oracle.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 DATA = Path(__file__).parent.parent / "data"
 FIXTURES = DATA / "fixtures"
+KERNELS = DATA / "kernels"
+"""One case per kernel version and compressor, made by contrib/oracle (see its README)."""
+
+
+def _expanded(packed: Path) -> Path:
+    """`packed` (a gzipped image) expanded once into the temp dir, holes left sparse, and
+    named by its content so that every test process shares one copy."""
+    digest = hashlib.sha256(packed.read_bytes()).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / "pstorefs-cases" / f"{packed.stem}-{digest}"
+    if not out.exists():
+        out.parent.mkdir(exist_ok=True)
+        part = out.with_name(f"{out.name}.{os.getpid()}")
+        with gzip.open(packed, "rb") as src, part.open("wb") as dst:
+            while block := src.read(1 << 16):
+                if block.count(0) == len(block):
+                    dst.seek(len(block), os.SEEK_CUR)
+                else:
+                    dst.write(block)
+            dst.truncate()
+        part.replace(out)
+    return out
 
 @dataclass(frozen=True)
 class Case:
@@ -26,9 +51,42 @@ class Case:
     def id(self) -> str:
         return self.meta["id"]
 
+    def file(self, name: str) -> Path:
+        """The case's image or other file `name`; images of a case with "sparse_images":
+        "gzip" are kept as NAME.gz (a 160 MiB partition is 160 KiB so) and expanded here."""
+        if self.meta.get("sparse_images") == "gzip" and name.endswith(".bin"):
+            return _expanded(self.dir / f"{name}.gz")
+        return self.dir / name
+
+    @property
+    def images(self) -> list[str]:
+        """The names of the case's images (image.bin, image-before-erase.bin, ...)."""
+        return sorted(p.name.removesuffix(".gz") for p in self.dir.iterdir()
+                      if p.name.endswith((".bin", ".bin.gz")))
+
+    def copy(self, name: str, dest: Path) -> Path:
+        """The image `name` copied to `dest`, which the test may write."""
+        shutil.copyfile(self.file(name), dest)
+        return dest
+
     @property
     def image(self) -> Path:
-        return self.dir / "image.bin"
+        return self.file("image.bin")
+
+    @property
+    def compressor(self) -> str | None:
+        """The compressor that wrote the case's compressed records and names them: the
+        reading kernel's `pstore.compress` (lz4hc writes lz4 blocks, see
+        pstorefs/codecs/compression.py; `(null)` is 6.12's none), or deflate, Debian's
+        6.1 default, for the cases that do not record it."""
+        ran = self.meta.get("kernel_parameters", {}).get("pstore.compress", "deflate")
+        return {"lz4hc": "lz4", "(null)": None, "none": None}.get(ran, ran)
+
+    @property
+    def capped(self) -> bool:
+        """Whether the writer used at most 128 MiB (Linux 5.11+); case.json says
+        "capped": false for a 5.8-5.10 writer, which used the whole partition."""
+        return self.meta.get("capped", True)
 
     @property
     def options(self) -> str:
@@ -52,7 +110,7 @@ def load_cases(root: Path = FIXTURES) -> list[Case]:
             for d in sorted(root.iterdir()) if (d / "case.json").exists()]
 
 
-CASES = load_cases()
+CASES = load_cases() + load_cases(KERNELS)
 BACKEND_CASES = load_cases(DATA / "fixtures-backends")
 """The other back ends' kernel-written cases (ramoops, mtdpstore, mtdoops)."""
 ERASE_CASES = [c for c in CASES if "erase" in c.meta]
@@ -64,7 +122,7 @@ def case_by_id(case_id: str) -> Case:
 
 # -- the zone layout and the expected erase, from case.json alone ---------------------
 # Computed independently of pstorefs (mainline pstore/zone: pmsg, console, ftrace per CPU,
-# then dmesg zones filling the rest, capped at 128 MiB), so tests can check its writes.
+# then dmesg zones filling the rest, capped at 128 MiB since 5.11), so tests can check its writes.
 
 PSZ_SIG = 0x43474244
 ZONE_SIG = {"dmesg": PSZ_SIG ^ 0, "console": PSZ_SIG ^ 2, "ftrace": PSZ_SIG ^ 3,
@@ -87,7 +145,9 @@ def zone_layout(case: Case, image_bytes: int | None = None) -> list[ExpectedZone
     def kib(key: str) -> int:
         return max(int(case.option(key, "0") or 0), 0) * 1024
 
-    total = min(image_bytes if image_bytes is not None else case.meta["image_bytes"], 128 << 20)
+    total = image_bytes if image_bytes is not None else case.meta["image_bytes"]
+    if case.capped:
+        total = min(total, 128 << 20)
     zones, offset = [], 0
     for kind in ("pmsg", "console"):
         if size := kib(f"{kind}_size"):
@@ -109,7 +169,7 @@ def zone_layout(case: Case, image_bytes: int | None = None) -> list[ExpectedZone
 def expected_after_erase(case: Case) -> bytes:
     """The kernel's image after the case's rm, with pstorefs' planned deviation: removing
     the ftrace file zeroes `datalen` and `start` of every CPU's ftrace zone."""
-    img = bytearray((case.dir / case.meta["erase"]["image_after"]).read_bytes())
+    img = bytearray(case.file(case.meta["erase"]["image_after"]).read_bytes())
     if any(name.startswith("ftrace-") for name in case.meta["erase"]["remove"]):
         for zone in zone_layout(case):
             if (zone.type == "ftrace"

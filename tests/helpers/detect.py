@@ -176,6 +176,12 @@ def case_config(case: Case, **overrides: object) -> StoreConfig:
     return StoreConfig(**kw)
 
 
+def case_geometry(case: Case) -> Geometry:
+    """The layout the case's writer used: its options', over the whole partition for a
+    5.8-5.10 writer (case.json "capped": false)."""
+    return dataclasses.replace(geometry_from_options(case_config(case)), capped=case.capped)
+
+
 def stale_smaller_zones(tmp_path: Path, first_size: int) -> Path:
     """4 KiB zones written once (40 records), then the partition reused with 64 KiB
     zones: zone 0 is new, the old 4 KiB headers from 64 KiB on are still there."""

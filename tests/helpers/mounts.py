@@ -59,9 +59,7 @@ def daemon_pid(source: str | os.PathLike) -> int:
 
 def copy_image(tmp: Path, case: Case, name: str = "image.bin", as_name: str | None = None
                ) -> Path:
-    dest = tmp / (as_name or f"{case.id}-{name}")
-    shutil.copyfile(case.dir / name, dest)
-    return dest
+    return case.copy(name, tmp / (as_name or f"{case.id}-{name}"))
 
 
 @contextlib.contextmanager

@@ -38,9 +38,7 @@ def sha256(path: Path) -> str:
 
 
 def copy(tmp_path: Path, case: Case, name: str = "image.bin") -> Path:
-    dest = tmp_path / f"{case.id}-{name}"
-    dest.write_bytes((case.dir / name).read_bytes())
-    return dest
+    return case.copy(name, tmp_path / f"{case.id}-{name}")
 
 
 def layout_of(case: Case) -> RamoopsGeometry:

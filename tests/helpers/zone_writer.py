@@ -103,9 +103,10 @@ class ZoneSpec:
 
 
 def layout(size: int, *, kmsg_size: int, pmsg_size: int = 0, console_size: int = 0,
-           ftrace_size: int = 0, nr_cpus: int = 1) -> list[ZoneSpec]:
-    """`psz_alloc_zones`: sizes in bytes, zones in the kernel's order."""
-    total = min(size, SZ_128M)
+           ftrace_size: int = 0, nr_cpus: int = 1, capped: bool = True) -> list[ZoneSpec]:
+    """`psz_alloc_zones`: sizes in bytes, zones in the kernel's order; `capped` at 128 MiB
+    as since Linux 5.11 (5.8-5.10 used the whole partition)."""
+    total = min(size, SZ_128M) if capped else size
     zones: list[ZoneSpec] = []
     off = 0
     for ptype, zsize in ((PstoreType.PMSG, pmsg_size), (PstoreType.CONSOLE, console_size)):
@@ -197,11 +198,12 @@ class ZoneWriter:
 
     def __init__(self, abi: Abi, size: int, *, kmsg_size: int = 64 << 10, pmsg_size: int = 0,
                  console_size: int = 0, ftrace_size: int = 0, nr_cpus: int = 1,
-                 fill: int = 0, recovered: bool = True) -> None:
+                 fill: int = 0, recovered: bool = True, capped: bool = True) -> None:
         self.abi = abi
         self.image = bytearray(bytes([fill]) * size)
         self.zones = layout(size, kmsg_size=kmsg_size, pmsg_size=pmsg_size,
-                            console_size=console_size, ftrace_size=ftrace_size, nr_cpus=nr_cpus)
+                            console_size=console_size, ftrace_size=ftrace_size, nr_cpus=nr_cpus,
+                            capped=capped)
         self.recovered = recovered
         rings = {z.type: z for z in self.zones if z.type in (PstoreType.PMSG, PstoreType.CONSOLE)}
         self.pmsg = Ring(self, rings[PstoreType.PMSG]) if PstoreType.PMSG in rings else None
@@ -222,8 +224,28 @@ class ZoneWriter:
             {"sig": PSZ_SIG ^ int(ptype), "datalen": datalen, "start": start})
 
     def recover(self) -> None:
-        """Recovery done: from now on writes reach the disk; dirty zones are flushed whole."""
+        """Recovery done: from now on writes reach the disk; dirty zones are flushed whole.
+        As `psz_kmsg_recover_meta`, the next dmesg record goes to the zone after the newest
+        dmesg header already on the partition (erased ones, datalen 0, count), and the
+        counters go on from the largest found."""
         self.recovered = True
+        khdr = kmsg_header_struct(self.abi)
+        newest = -1
+        for i, zone in enumerate(self.dmesg_zones):
+            raw = bytes(self.image[zone.offset:zone.offset + HEADER + khdr.sizeof()])
+            sig, datalen = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
+            if sig != PSZ_SIG or not 0 <= datalen <= zone.size - HEADER:
+                continue
+            kmsg = khdr.parse(raw[HEADER:])
+            if kmsg.magic != PSTORE_KMSG_HEADER_MAGIC:
+                continue
+            if kmsg.tv_sec >= newest:
+                newest = kmsg.tv_sec
+                self.kmsg_write_cnt = (i + 1) % len(self.dmesg_zones)
+            if kmsg.reason == KmsgDumpReason.OOPS:
+                self.oops_counter = max(self.oops_counter, kmsg.counter)
+            elif kmsg.reason == KmsgDumpReason.PANIC:
+                self.panic_counter = max(self.panic_counter, kmsg.counter)
         for ring in (self.pmsg, self.console, *self.ftrace):
             if ring is not None and ring.dirty:
                 ring.flush_all()

@@ -52,7 +52,7 @@ def start_image(case: Case) -> tuple[bytes, bytes]:
     erase changed (image_before -> image_after, with pstorefs' ftrace deviation)."""
     image = case.image.read_bytes()
     er = case.meta["erase"]
-    before = (case.dir / er["image_before"]).read_bytes()
+    before = (case.file(er["image_before"])).read_bytes()
     after = expected_after_erase(case)
     want = bytearray(image)
     for i in (i for i in range(len(before)) if before[i] != after[i]):

@@ -172,7 +172,7 @@ def pstorefs_on(source: Path, mnt: Path, options: str) -> Iterator[tuple[Path, s
 def faulty_case(tmp_path: Path, case: Case, image: str = "image.bin"
                 ) -> Iterator[FaultyMount]:
     disk = tmp_path / "disk.img"
-    shutil.copyfile(case.dir / image, disk)
+    shutil.copyfile(case.file(image), disk)
     with FaultyMount(disk, tmp_path / "lower") as fm:
         yield fm
 
@@ -625,6 +625,8 @@ def straddle_image(tmp_path: Path) -> tuple[Path, str, list[int]]:
 class StraddleCase:
     """Just enough of a Case for zone_layout/zone_verdicts."""
 
+    capped = True
+
     def __init__(self, options: str, size: int) -> None:
         self.meta = {"mount_options": options, "image_bytes": size}
 
@@ -763,7 +765,7 @@ def test_storm_matches_the_kernels_erase(tmp_path: Path) -> None:
     for case in (ALL_FRONTS, I386):
         er = case.meta["erase"]
         disk = tmp_path / f"{case.id}.img"
-        shutil.copyfile(case.dir / er["image_before"], disk)
+        shutil.copyfile(case.file(er["image_before"]), disk)
         with FaultyMount(disk, tmp_path / f"lower-{case.id}") as fm:
             with pstorefs_on(fm.file, tmp_path / f"mnt-{case.id}", case.options) as (m, _):
                 for name in er["remove"]:

@@ -38,12 +38,12 @@ def test_mount(case: Case, tmp_path: Path, mnt: Path) -> None:
 def test_mount_rm_mtdpstore(case: Case, tmp_path: Path, mnt: Path) -> None:
     erase = case.meta["erase"]
     img = tmp_path / "image.bin"
-    shutil.copyfile(case.dir / erase["image_before"], img)
+    shutil.copyfile(case.file(erase["image_before"]), img)
     with mounted(img, mnt, case.options) as m:
         for name in erase["remove"]:
             os.unlink(m / name)
         assert sorted(os.listdir(m)) == erase["names_after"]
-    assert img.read_bytes() == (case.dir / erase["image_after"]).read_bytes()
+    assert img.read_bytes() == (case.file(erase["image_after"])).read_bytes()
     with mounted(img, mnt, case.options) as m:
         assert sorted(os.listdir(m)) == erase["names_after"]
 

@@ -38,6 +38,6 @@ def test_mount(case: Case, tmp_path: Path) -> None:
         for name in erase["remove"]:
             os.unlink(m / name)
         assert sorted(os.listdir(m)) == sorted(erase["names_after"])
-    assert img.read_bytes() == (case.dir / erase["image_after"]).read_bytes()
+    assert img.read_bytes() == (case.file(erase["image_after"])).read_bytes()
     with mounted(img, mnt, case.options) as m:
         assert sorted(os.listdir(m)) == sorted(erase["names_after"])

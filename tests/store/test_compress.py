@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.cases import case_by_id
+from helpers.cases import CASES, Case, case_by_id
+from helpers.detect import case_config
 from pstorefs.codecs import compression as decompress_module
 from pstorefs.codecs import sw842
 from pstorefs.codecs.compression import (
@@ -497,3 +498,26 @@ def test_damaged_frames_never_raise_through_zstandard(edits: list[tuple[int, int
         bad[4 + at % (len(bad) - 4)] ^= xor  # past the magic, which only selects zstd
     got = _zstd_zstandard(bytes(bad), limit)
     assert got is None or len(got) <= limit
+
+
+KERNEL_CASES = [c for c in CASES if "kernel_parameters" in c.meta]
+"""tests/data/kernels: each names the compressor its kernel ran (`pstore.compress`)."""
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: c.id)
+def test_kernel_written_records_name_the_kernels_compressor(case: Case) -> None:
+    """Every record a kernel compressed decodes to the kernel's own text with the
+    compressor it ran (an lz4hc record as lz4, see compression.py); the kernel's
+    uncompressed records (`none`, or a dump that did not fit compressed) stay so."""
+    want = case.compressor
+    files = case.files
+    with closing(open_store(str(case.image), case_config(case))) as store:
+        records = list(store.records)
+        assert records
+        for record in records:
+            name = store.entry(record).name
+            assert store.read(record) == files[name], name
+            assert store.compressor(record) == (want if record.compressed else None), name
+        if want is None:
+            assert not any(r.compressed for r in records)
+

@@ -116,13 +116,13 @@ def test_mtdpstore_erase_byte_identical(case: Case, tmp_path: Path) -> None:
     """rm = the zone's erase block to 0xFF; with 128 KiB blocks the other zone of the
     block is written back (the kernel lost it; the case's after-image has it restored)."""
     img = tmp_path / "image.bin"
-    shutil.copyfile(case.dir / case.meta["erase"]["image_before"], img)
+    shutil.copyfile(case.file(case.meta["erase"]["image_before"]), img)
     with store(img, case.options) as s:
         for name in case.meta["erase"]["remove"]:
             record = s.find(name)
             assert record is not None
             s.erase(record)
-    assert img.read_bytes() == (case.dir / case.meta["erase"]["image_after"]).read_bytes()
+    assert img.read_bytes() == (case.file(case.meta["erase"]["image_after"])).read_bytes()
     assert sorted(listing(img, case.options)) == case.meta["erase"]["names_after"]
 
 

@@ -202,7 +202,7 @@ def test_mtdpstore_on_mtd(case: Case, tmp_path: Path, monkeypatch) -> None:
     """mtdpstore's erase over the MTD path: the same bytes as the case's after-image."""
     erase = case.meta["erase"]
     img = tmp_path / "image.bin"
-    shutil.copyfile(case.dir / erase["image_before"], img)
+    shutil.copyfile(case.file(erase["image_before"]), img)
     erasesize = int(case.option("erasesize"))
     with fake_mtd(monkeypatch, img, erasesize=erasesize) as (device, mtd):
         config = parse_options([case.options]).store
@@ -210,4 +210,4 @@ def test_mtdpstore_on_mtd(case: Case, tmp_path: Path, monkeypatch) -> None:
         for name in erase["remove"]:
             s.erase(s.find(name))
     assert mtd.erases == [(0, erasesize)]
-    assert img.read_bytes() == (case.dir / erase["image_after"]).read_bytes()
+    assert img.read_bytes() == (case.file(erase["image_after"])).read_bytes()

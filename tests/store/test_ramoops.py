@@ -184,7 +184,7 @@ def test_erase_byte_identical(case: Case, tmp_path: Path) -> None:
             record = store.find(name)
             assert record is not None, name
             store.erase(record)
-    assert img.read_bytes() == (case.dir / erase["image_after"]).read_bytes()
+    assert img.read_bytes() == (case.file(erase["image_after"])).read_bytes()
     with closing(open_store(str(img), config(case))) as store:
         assert sorted(store.entry(r).name for r in store.records) == sorted(erase["names_after"])
 

@@ -129,7 +129,7 @@ def configs(case: Case) -> Iterator[tuple[str, StoreConfig]]:
 
 IMAGES = [(case, label, config, name) for case in (*CASES, *BACKEND_CASES)
           for label, config in configs(case)
-          for name in ("image.bin", "image-after-erase.bin") if (case.dir / name).exists()]
+          for name in ("image.bin", "image-after-erase.bin") if name in case.images]
 
 
 @pytest.mark.parametrize(("case", "label", "config", "image"), IMAGES,
@@ -137,7 +137,7 @@ IMAGES = [(case, label, config, name) for case in (*CASES, *BACKEND_CASES)
                               for c, label, _, n in IMAGES])
 def test_sparse_image_lists_as_the_dense_one(case: Case, label: str, config: StoreConfig,
                                              image: str, tmp_path: Path) -> None:
-    data = (case.dir / image).read_bytes()
+    data = (case.file(image)).read_bytes()
     dense = tmp_path / "dense.img"
     dense.write_bytes(data)
     sparse = sparse_copy(data, tmp_path / "sparse.img")
