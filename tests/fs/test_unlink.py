@@ -496,21 +496,21 @@ async def test_a_handle_released_during_rm_leaves_no_content_kept(open_ops, monk
     inode = (await m.ops.lookup(ROOT, victim, CTX)).st_ino
     await m.ops.release((await m.ops.open(inode, os.O_RDONLY, CTX)).fh)  # systemd-pstore reads
     fh = (await m.ops.open(inode, os.O_RDONLY, CTX)).fh  # and opens again: nothing read
-    real_read = store.read
+    real_body = store.body
     reading, device_answers = threading.Event(), threading.Event()
 
-    def slow_read(record, wait=True):
+    def slow_body(record, wait=True):
         if not wait:
             return None  # dropped from the store's cache
         reading.set()
         device_answers.wait()
-        return real_read(record)
+        return real_body(record)
 
-    store.read = slow_read
+    store.body = slow_body
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(m.ops.unlink, ROOT, victim, CTX)
-            await trio.to_thread.run_sync(reading.wait)
+            assert await trio.to_thread.run_sync(reading.wait, 30), "rm never read the content"
             await m.ops.release(fh)
             device_answers.set()
     finally:
