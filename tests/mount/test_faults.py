@@ -113,6 +113,15 @@ def os_error(fn: Callable[[], object]) -> int | None:
     return None
 
 
+def start_stalled(fm: FaultyMount, action: Callable[[], object]) -> threading.Thread:
+    """`action` in a thread, returned once the device has stalled it."""
+    t = threading.Thread(target=action, daemon=True)
+    t.start()
+    assert wait_for(lambda: any(f.get("fault") == "stall" for f in fm.faults()), 10), \
+        "the device never stalled"
+    return t
+
+
 def kernel_name(name: str) -> tuple[str, int]:
     kind, _, index = name.partition("-pstore_blk-")
     return kind, int(index)
@@ -456,12 +465,8 @@ def test_stalled_read_does_not_freeze_the_mount(tmp_path: Path) -> None:
         fm.set(faults=[{"op": "read", "start": start, "end": end, "stall": True}])
         with pstorefs_on(fm.file, tmp_path / "mnt", case.options) as (m, _):
             result: dict[str, bytes] = {}
-            t = threading.Thread(target=lambda: result.update(v=(m / victim).read_bytes()),
-                                 daemon=True)
-            t.start()
+            t = start_stalled(fm, lambda: result.update(v=(m / victim).read_bytes()))
             try:
-                assert wait_for(lambda: any(f.get("fault") == "stall" for f in fm.faults()),
-                                10)
                 within(5, lambda: os.statvfs(m), "statfs")
                 for name in ("pmsg-pstore_blk-0", "dmesg-pstore_blk-0",
                              "console-pstore_blk-0"):
@@ -494,13 +499,9 @@ def test_stalled_fdatasync_of_an_rm_does_not_freeze_the_mount(tmp_path: Path) ->
                 assert (m / name).read_bytes() == case.files[name]
             fm.set(faults=[{"op": "fsync", "stall": True}])
             result: dict[str, int | None] = {}
-            t = threading.Thread(
-                target=lambda: result.update(code=os_error(lambda: os.unlink(m / victim))),
-                daemon=True)
-            t.start()
+            t = start_stalled(
+                fm, lambda: result.update(code=os_error(lambda: os.unlink(m / victim))))
             try:
-                assert wait_for(lambda: any(f.get("fault") == "stall" for f in fm.faults()),
-                                10)
                 within(5, lambda: os.statvfs(m), "statfs")
                 for name in sorted(set(case.files) - {victim}):
                     got = within(5, lambda n=name: (m / n).read_bytes(),
