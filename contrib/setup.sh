@@ -26,6 +26,7 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+# [test]: pytest, hypothesis, ruff, both zstd decoders and atheris (tests/fuzz)
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 for cmd in pstorefs pstorectl; do
     ln -sf "$top/.venv/bin/$cmd" "/usr/local/sbin/$cmd"
