@@ -221,24 +221,46 @@ def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:
     return runs
 
 
-def differences(path: str | os.PathLike, src: Source) -> list[tuple[int, int, int]]:
-    """(offset, byte expected, byte found) where the file differs from `src`: compared
-    over its data and the file's, so a write into a hole (which makes data) is seen."""
+def differences(path: str | os.PathLike, src: Source) -> list[tuple[int, bytes, bytes]]:
+    """(offset, bytes expected, bytes found) of each run of bytes where the file differs
+    from `src`: compared over its data and the file's, so that a write into a hole
+    (which makes data) is seen. A source of another size is one difference at its end."""
     with open(path, "rb") as fh:
         fd = fh.fileno()
         size = os.fstat(fd).st_size
-        spans = [(a, a + len(d)) for a, d in src.runs] + _data_runs(fd, size)
         if size != src.size:
-            return [(min(size, src.size), -1, -1)]
-        out: list[tuple[int, int, int]] = []
+            return [(min(size, src.size), b"", b"")]
+        spans = [(a, a + len(d)) for a, d in src.runs] + _data_runs(fd, size)
+        out: list[tuple[int, bytes, bytes]] = []
         for start, end in _merge(spans):
             for at in range(start, end, 1 << 20):
                 n = min(1 << 20, end - at)
                 want, got = src.at(at, n), os.pread(fd, n, at)
                 if want != got:
-                    out += [(at + i, a, b) for i, (a, b) in enumerate(zip(want, got,
-                                                                         strict=True))
-                            if a != b]
+                    out += _runs(at, want, got)
+    return out
+
+
+def _runs(base: int, want: bytes, got: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The runs of differing bytes, found 4 KiB at a time."""
+    out: list[tuple[int, bytes, bytes]] = []
+    for block in range(0, len(want), 4096):
+        if want[block:block + 4096] == got[block:block + 4096]:
+            continue
+        i, end = block, min(block + 4096, len(want))
+        while i < end:
+            if want[i] == got[i]:
+                i += 1
+                continue
+            j = i
+            while j < end and want[j] != got[j]:
+                j += 1
+            if out and out[-1][0] + len(out[-1][1]) == base + i:  # across blocks
+                at, old, new = out.pop()
+                out.append((at, old + want[i:j], new + got[i:j]))
+            else:
+                out.append((base + i, want[i:j], got[i:j]))
+            i = j
     return out
 
 
@@ -728,8 +750,8 @@ def place(rng: random.Random, case: FuzzCase, data: bytes, config: StoreConfig,
           log: list[str]) -> tuple[Source, StoreConfig]:
     """Where the mutant lies in its source: alone (most), at an `offset=` inside a larger
     source (with `size=` right, wrong or absent), or at the start of a sparse source of
-    GiBs with a few headers of the seed copied far out (the scans must stop on evidence,
-    not walk the device)."""
+    GiBs with a few headers of the seed, some mutated, copied far out (the scans must
+    stop on evidence, not walk the device)."""
     pick = rng.random()
     if pick < 0.08:
         base = rng.choice(PREFIXES)
@@ -749,10 +771,12 @@ def place(rng: random.Random, case: FuzzCase, data: bytes, config: StoreConfig,
             z = rng.choice(spans)
             step = rng.choice((4096, 65536, 1 << 20, max(z.size, 1)))
             at = rng.randrange(len(data) // step + 1, total // step) * step
-            header = case.image[z.offset:z.offset + rng.choice((16, 64, 4096))]
+            header = bytearray(case.image[z.offset:z.offset + rng.choice((16, 64, 4096))])
+            if header and rng.random() < 0.5:  # a mutated copy
+                header[rng.randrange(min(len(header), 16))] = rng.randrange(256)
             if at + len(header) <= total and at >= len(data):
                 runs.append((at, header))
-        runs.sort()
+        runs = sorted((at, bytes(run)) for at, run in runs)
         log.append(f"sparse {total >> 30} GiB, headers at "
                    + ", ".join(f"{a:#x}" for a, _ in runs[1:]))
         return Source(total, tuple(runs)), config
@@ -1043,14 +1067,15 @@ def _check_erase(store, path: str | os.PathLike, src: Source, config: StoreConfi
     if spec.refused:
         if ok:
             raise Violation(f"{backend} defines no erase, but erasing {record} succeeded")
-    diff = differences(path, src)
-    for at, old, new in diff:
+    for at, old, new in differences(path, src):
         rel = at - base
-        if old < 0:
+        if not new:
             raise Violation("erase changed the size of the source")
-        if not any(c.allows(rel, new) for c in spec.may):
-            raise Violation(f"erase of {record} ({backend}) wrote {new:#x} at {rel:#x} (was "
-                            f"{old:#x}): not what the kernel's erase writes there")
+        if not spec.allows(rel, new):
+            bad = next(i for i in range(len(new)) if not spec.allows(rel + i, new[i:i + 1]))
+            raise Violation(f"erase of {record} ({backend}) wrote {new[bad]:#x} at "
+                            f"{rel + bad:#x} (was {old[bad]:#x}): not what the kernel's "
+                            "erase writes there")
     if ok and not record.erased:
         with open(path, "rb") as fh:
             for change in spec.must:

@@ -48,12 +48,13 @@ class Change:
     exact: bytes | None = None
     """None with `fill` None: any value (parity over a header that was corrupt)."""
 
-    def allows(self, offset: int, value: int) -> bool:
-        if not self.start <= offset < self.end:
+    def allows(self, offset: int, new: bytes) -> bool:
+        """Whether `new`, written at `offset`, is (part of) this change."""
+        if not self.start <= offset <= offset + len(new) <= self.end:
             return False
         if self.fill is not None:
-            return value == self.fill
-        return self.exact is None or self.exact[offset - self.start] == value
+            return new.count(self.fill) == len(new)
+        return self.exact is None or self.exact[offset - self.start:][:len(new)] == new
 
     def holds(self, now: bytes) -> bool:
         """Whether `now`, the bytes of `[start, end)`, are what this change leaves."""
@@ -71,6 +72,13 @@ class EraseSpec:
     must: list[Change] = field(default_factory=list)
     refused: bool = False
     """The writer defines no erase: nothing may change and erase must fail."""
+
+    def allows(self, offset: int, new: bytes) -> bool:
+        """Whether writing `new` at `offset` is what the erase may do: one change covers
+        it, or, byte by byte, some change covers each."""
+        return (any(c.allows(offset, new) for c in self.may)
+                or all(any(c.allows(offset + i, new[i:i + 1]) for c in self.may)
+                       for i in range(len(new))))
 
 
 class Oracle:

@@ -362,7 +362,7 @@ def test_erase_oracle_allows_the_kernels_erase(case) -> None:
     zones = [z for z in oracle.spans() if any(z.offset <= i < z.end for i in changed)]
     assert len(zones) == len(meta["erase"]["remove"]), (case.id, zones)
     spec = oracle.erase(zones, lambda at, n: before[at:at + n])
-    stray = [i for i in changed if not any(c.allows(i, after[i]) for c in spec.may)]
+    stray = [i for i in changed if not spec.allows(i, after[i:i + 1])]
     assert not stray, f"{case.id}: the kernel wrote where the oracle allows nothing: {stray[:8]}"
     for change in spec.must:
         assert change.holds(after[change.start:change.end]), (case.id, change)
