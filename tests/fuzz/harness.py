@@ -202,11 +202,6 @@ def write_image(path: str | os.PathLike, data: bytes | Source) -> None:
         os.close(fd)
 
 
-def read_image(path: str | os.PathLike) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
 def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:
     """Where the file has data (SEEK_DATA/SEEK_HOLE)."""
     runs, at = [], 0
@@ -790,12 +785,6 @@ class Mutant:
     config: StoreConfig
     mutations: list[str]
 
-    @property
-    def data(self) -> bytes:
-        """The whole source, for a dense one."""
-        assert not self.source.sparse
-        return self.source.at(0, self.source.size)
-
 
 def mutant(rng: random.Random, cases: tuple[FuzzCase, ...] | None = None) -> Mutant:
     """One mutated source: its seed, its bytes, the options to open it with, and what
@@ -810,9 +799,6 @@ def mutant(rng: random.Random, cases: tuple[FuzzCase, ...] | None = None) -> Mut
 
 
 # -- the properties ----------------------------------------------------------------------------
-NAME_RE = re.compile(r"^(?P<prefix>[a-z-]+)-(?P<name>.+)-(?P<id>\d+)(?P<enc>\.enc\.z)?$")
-
-
 @dataclass
 class Outcome:
     opened: bool = False

@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 
 KIB = 1024
 MIB = 1 << 20
-SECTOR = 512
 ZONE_HEADER = 12
 """`struct psz_buffer` (pstore/zone) and `struct persistent_ram_buffer` (ramoops): a
 u32 signature and two 4-byte counters."""
-BLKOOPS_HEADER = 8
-"""The blkoops RFC's `struct blkz_buffer`: sig and datalen."""
 
 
 @dataclass(frozen=True)
@@ -193,12 +190,6 @@ def erase_blocks(zone: Span, erasesize: int, region: int) -> list[Change]:
 # -- ramoops: ramoops_probe, persistent_ram_init_ecc ------------------------------------------
 def rounddown_pow2(value: int) -> int:
     return 1 << (value.bit_length() - 1) if value > 0 else value
-
-
-@dataclass(frozen=True)
-class RamZone(Span):
-    par_header: int = 0
-    """Where the header's parity starts, from the zone's start (0: no ECC)."""
 
 
 class RamoopsOracle(Oracle):
