@@ -43,6 +43,7 @@ if [ ! -e .cache/systemd-254/lib/systemd/systemd-pstore ]; then
     rm -rf .cache/debs
 fi
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+# [test]: pytest, hypothesis, ruff, both zstd decoders and atheris (tests/fuzz)
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 for cmd in pstorefs pstorectl; do
     ln -sf "$top/.venv/bin/$cmd" "/usr/local/sbin/$cmd"

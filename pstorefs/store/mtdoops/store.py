@@ -65,6 +65,8 @@ def recognizes(read: Callable[[int, int], bytes], size: int,
         offset = page * _PAGE_ALIGN
         try:
             head = read(offset, HEADER_PROBE)
+            if not has_magic(head):  # no record: not worth a parse (most pages of most sources)
+                continue
             headers = [h for h in (parse_page_header(head, offset, little)
                                    for little in (True, False)) if h is not None]
             if headers and _filled_after_text(read(offset, min(_PAGE_ALIGN, size - offset)),
