@@ -274,6 +274,27 @@ def test_ecc_corrects_data_parity_and_header(tmp_path: Path) -> None:
     assert sha256(path) == before  # corrected in memory only
 
 
+def test_ecc_detected_past_a_header_it_corrects(tmp_path: Path) -> None:
+    """Without `ecc=`, a zone header whose parity no longer matches (what ECC is there
+    for; found by the fuzz run) still leaves the region read, and erased, with ECC: as
+    ECC=0 the erase would zap that header without its parity, and a kernel reading with
+    ECC would correct the erased record back."""
+    image = bytearray(ECC16.image.read_bytes())
+    image[0x3C008:0x3C00C] = bytes.fromhex("29000000")  # the last zone's `size` word
+    path = tmp_path / "ecc.bin"
+    path.write_bytes(image)
+    options = StoreConfig(backend="ramoops", record_size=0x4000)
+    with closing(open_store(str(path), options)) as store:
+        assert store.layout().parameters["ecc"] == 16
+        assert files(store) == ECC16.files
+
+
+def test_ramoops_refuses_fewer_than_one_cpu() -> None:
+    with pytest.raises(GeometryError, match="nr_cpus"):
+        open_store(str(ECC16.image), StoreConfig(backend="ramoops", nr_cpus=-1,
+                                                 read_only=True))
+
+
 def test_ecc_uncorrectable_block(tmp_path: Path) -> None:
     image = bytearray(ECC16.image.read_bytes())
     g = ecc_geometry(0x4000, 16)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pstorefs.codecs.reed_solomon import rs_codec
-from pstorefs.errors import DeviceError
+from pstorefs.errors import DeviceError, GeometryError
 from pstorefs.format.consts import PstoreType, vote_little_endian
 from pstorefs.format.ramoops import (
     MIN_MEM_SIZE,
@@ -73,6 +73,8 @@ def find_layout(device: Device, config: StoreConfig) -> tuple[RamoopsGeometry, l
     never probed region) the module parameters' defaults."""
     if config.layout_given:
         return layout_from_options(config, device.size)
+    if config.nr_cpus is not None and config.nr_cpus < 1:
+        raise GeometryError("nr_cpus must be at least 1")
     record_size = rounddown_pow_of_two(config.record_size) if config.record_size else None
     found = detect_layout(device.read, device.size, record_size=record_size,
                           ecc=config.ecc, nr_cpus=config.nr_cpus, next_data=device.next_data)
@@ -298,13 +300,22 @@ class _HeaderReader:
 
     def ecc(self, layout: RamoopsGeometry) -> int:
         """The `ecc_size` whose parity of each zone's header is at the zone's end: the
-        kernel writes it whenever it writes a header (0 if none fits)."""
+        kernel writes it whenever it writes a header (0 if none fits). A header the
+        parity no longer matches is what ECC is there for: failing an exact fit, the
+        size under which most headers match and every other one corrects wins."""
         spans = layout.zones()
-        for ecc_size in _DETECT_ECC_SIZES:
-            codec = rs_codec(ecc_size)
-            if all(codec.encode(self._raw(span.offset, PERSISTENT_RAM_BUFFER_SIZE))
-                   == self._raw(span.offset + ecc_geometry(span.size, ecc_size).par_header,
-                                ecc_size)
-                   for span in spans):
+        words = {ecc_size: [(self._raw(span.offset, PERSISTENT_RAM_BUFFER_SIZE),
+                             self._raw(span.offset + ecc_geometry(span.size, ecc_size)
+                                       .par_header, ecc_size)) for span in spans]
+                 for ecc_size in _DETECT_ECC_SIZES}
+        exact = {ecc_size: sum(rs_codec(ecc_size).encode(header) == parity
+                               for header, parity in pairs)
+                 for ecc_size, pairs in words.items()}
+        for ecc_size, pairs in words.items():
+            if exact[ecc_size] == len(pairs):
+                return ecc_size
+        for ecc_size, pairs in words.items():
+            if 2 * exact[ecc_size] > len(pairs) and None not in rs_codec(ecc_size).decode_many(
+                    pairs):
                 return ecc_size
         return 0
