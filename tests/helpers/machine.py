@@ -95,7 +95,8 @@ def holder_pids(path: str | os.PathLike) -> list[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -110,7 +111,7 @@ def unmount(mnt: str | os.PathLike, source: str | os.PathLike | None = None) -> 
         if run(["fusermount3", "-u", str(mnt)]).returncode != 0:
             run(["fusermount3", "-uz", str(mnt)])
     wait_for(lambda: not os.path.ismount(mnt), 10)
-    wait_for(lambda: not any(_alive(p) for p in pids), 10)
+    wait_for(lambda: not any(alive(p) for p in pids), 10)
 
 
 @contextlib.contextmanager

@@ -45,7 +45,16 @@ from helpers.cases import (
     zone_layout,
 )
 from helpers.faultyfs import FaultyMount
-from helpers.machine import PSTOREFS, holder_pids, mounted, require_fuse, run, unmount, wait_for
+from helpers.machine import (
+    PSTOREFS,
+    alive,
+    holder_pids,
+    mounted,
+    require_fuse,
+    run,
+    unmount,
+    wait_for,
+)
 from pstorefs.fs import LISTING_REFRESH
 
 T = TypeVar("T")
@@ -154,14 +163,6 @@ def daemon_of(source: Path) -> int:
     return pids[0]
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def pstorefs_on(source: Path, mnt: Path, options: str) -> Iterator[tuple[Path, str]]:
     """`pstorefs SOURCE MNT -o OPTIONS`; yields (mnt, what the mount command printed)."""
@@ -184,6 +185,13 @@ def faulty_case(tmp_path: Path, case: Case, image: str = "image.bin"
     shutil.copyfile(case.file(image), disk)
     with FaultyMount(disk, tmp_path / "lower") as fm:
         yield fm
+
+
+def stalled_reads(case: Case, *names: str) -> list[dict[str, object]]:
+    """Faults that stall every read of each named record's first data sector."""
+    image = case.image.read_bytes()
+    return [{"op": "read", "start": start, "end": end, "stall": True}
+            for start, end in (data_sector(case, name, image) for name in names)]
 
 
 def erased_zone(before: bytes, z: ExpectedZone, *, start_too: bool) -> bytes:
@@ -460,9 +468,8 @@ def test_stalled_read_does_not_freeze_the_mount(tmp_path: Path) -> None:
     bytes; umount works."""
     case = ALL_FRONTS
     victim = "dmesg-pstore_blk-1"
-    start, end = data_sector(case, victim, case.image.read_bytes())
     with faulty_case(tmp_path, case) as fm:
-        fm.set(faults=[{"op": "read", "start": start, "end": end, "stall": True}])
+        fm.set(faults=stalled_reads(case, victim))
         with pstorefs_on(fm.file, tmp_path / "mnt", case.options) as (m, _):
             result: dict[str, bytes] = {}
             t = start_stalled(fm, lambda: result.update(v=(m / victim).read_bytes()))
@@ -785,9 +792,8 @@ def test_a_record_a_listing_left_out_is_listed_once_readable(tmp_path: Path) -> 
     or systemd-pstore would never archive nor erase it)."""
     case = ALL_FRONTS
     victim = "dmesg-pstore_blk-1"
-    start, end = data_sector(case, victim, case.image.read_bytes())
     with faulty_case(tmp_path, case) as fm:
-        fm.set(faults=[{"op": "read", "start": start, "end": end, "stall": True}])
+        fm.set(faults=stalled_reads(case, victim))
         with pstorefs_on(fm.file, tmp_path / "mnt", case.options) as (m, _):
             for _ in range(3):  # listings while the device stalls: each leaves it out
                 listed = within(10, lambda: sorted(os.listdir(m)), "ls while a read stalls")
@@ -807,10 +813,8 @@ def test_a_listing_that_left_every_record_out_is_listed_again(tmp_path: Path) ->
     the same directory read again) shows every record; and the listing that left
     nothing out is the kernel's again: it answers with the daemon stopped."""
     case = PLAIN
-    image = case.image.read_bytes()
     with faulty_case(tmp_path, case) as fm:
-        fm.set(faults=[{"op": "read", "start": start, "end": end, "stall": True}
-                       for start, end in (data_sector(case, name, image) for name in case.files)])
+        fm.set(faults=stalled_reads(case, *case.files))
         with pstorefs_on(fm.file, tmp_path / "mnt", case.options) as (m, _):
             held = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
             try:
