@@ -207,12 +207,19 @@ nothing before them (issue 17)."""
 def past_cap_alone(tmp_path: Path, indexes: tuple[int, ...] = PAST_CAP_ALONE) -> Path:
     """That partition as a sparse image: the test writer's 4 KiB dmesg zones (their
     bytes do not depend on where they lie) placed at those zone indexes."""
-    path = tmp_path / "past-cap.bin"
+    zones = {}
+    for n in indexes:
+        w = ZoneWriter(X86_64, 4 * KIB, kmsg_size=4 * KIB)
+        w.dmesg(oops_text(n, 2000), time=(1_700_000_000 + n, 0))
+        zones[4 * KIB * n] = bytes(w.image)
+    return write_sparse(tmp_path / "past-cap.bin", 160 * MIB, zones)
+
+
+def write_sparse(path: Path, size: int, pieces: dict[int, bytes]) -> Path:
+    """A `size`-byte file holding `pieces` (offset: bytes) and holes elsewhere."""
     with open(path, "wb") as fh:
-        fh.truncate(160 * MIB)
-        for n in indexes:
-            w = ZoneWriter(X86_64, 4 * KIB, kmsg_size=4 * KIB)
-            w.dmesg(oops_text(n, 2000), time=(1_700_000_000 + n, 0))
-            fh.seek(4 * KIB * n)
-            fh.write(bytes(w.image))
+        fh.truncate(size)
+        for offset, data in pieces.items():
+            fh.seek(offset)
+            fh.write(data)
     return path

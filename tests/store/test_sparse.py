@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cases import BACKEND_CASES, CASES, Case
-from helpers.detect import oops_text
+from helpers.detect import oops_text, write_sparse
 from helpers.flash import flash_image, mtdoops_page, text
 from helpers.machine import require
 from helpers.zone_writer import ZoneWriter
@@ -35,16 +35,6 @@ from pstorefs.store.zone.layout import SZ_128M
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 BLOCK = 4096
 """The filesystem block: a block of zeros written as a hole."""
-
-
-def write_sparse(path: Path, size: int, pieces: dict[int, bytes]) -> Path:
-    """A `size`-byte file holding `pieces` (offset: bytes) and holes elsewhere."""
-    with open(path, "wb") as fh:
-        fh.truncate(size)
-        for offset, data in pieces.items():
-            fh.seek(offset)
-            fh.write(data)
-    return path
 
 
 def sparse_copy(data: bytes, path: Path) -> Path:

@@ -52,6 +52,7 @@ from helpers.detect import (
     stale_smaller_zones,
     trace,
     wrap_ring,
+    write_sparse,
     zone_header,
 )
 from helpers.zone_writer import HEADER, ZoneWriter
@@ -244,14 +245,6 @@ def test_nothing_written_on_any_open(tmp_path: Path) -> None:
 
 
 # == 4. the 128 MiB cap and the unused tail =================================================
-def sparse_image(tmp_path: Path, size: int, zones: dict[int, bytes]) -> Path:
-    path = tmp_path / "sparse.bin"
-    with open(path, "wb") as fh:
-        fh.truncate(size)
-        for offset, data in zones.items():
-            fh.seek(offset)
-            fh.write(data)
-    return path
 
 
 def dmesg_zone(n: int, kmsg: int = 64 * KIB) -> bytes:
@@ -266,7 +259,7 @@ def test_records_past_the_cap(tmp_path: Path, past: int) -> None:
     cap are read when the first of them holds a dmesg header, and only then."""
     zones = {64 * KIB * n: dmesg_zone(n) for n in range(3)}
     zones[SZ_128M + past] = dmesg_zone(9)
-    path = sparse_image(tmp_path, SZ_128M + MIB, zones)
+    path = write_sparse(tmp_path / "sparse.bin", SZ_128M + MIB, zones)
     got, geometry, assumed = opened(path, DETECTED)
     want, _, _ = opened(path, StoreConfig(kmsg_size=64, read_only=True))
     assert got == want
@@ -288,7 +281,7 @@ def test_cap_with_fronts(tmp_path: Path) -> None:
     fill_ring(w.console, 100)
     records(w, 3)
     zones = {0: bytes(w.image[:320 * KIB]), SZ_128M: dmesg_zone(2046)}
-    path = sparse_image(tmp_path, SZ_128M + 2 * MIB, zones)
+    path = write_sparse(tmp_path / "sparse.bin", SZ_128M + 2 * MIB, zones)
     got, geometry, _ = opened(path, DETECTED)
     assert not geometry.capped and geometry.pmsg_size == geometry.console_size == 64 * KIB
     want, _, _ = opened(path, lay.config())
@@ -494,7 +487,8 @@ def test_an_empty_front_is_at_most_a_zone_kmalloc_gives(tmp_path: Path, gap: int
     """No header before the dmesg headers: 4 MiB can be an unused pmsg zone, 8 MiB
     cannot (psz_init_zone kmallocs a zone whole: 4 MiB at most with 4 KiB pages), so
     those are dmesg zones from 0, never written."""
-    path = sparse_image(tmp_path, 16 * MIB, {gap + 64 * KIB * n: dmesg_zone(n) for n in range(3)})
+    path = write_sparse(tmp_path / "sparse.bin", 16 * MIB,
+                        {gap + 64 * KIB * n: dmesg_zone(n) for n in range(3)})
     got, geometry, assumed = opened(path, DETECTED)
     assert sorted(got) == [f"dmesg-blkoops-{first + n}" for n in range(3)]
     assert geometry == Geometry(kmsg_size=64 * KIB, pmsg_size=0 if first else gap)
