@@ -304,18 +304,17 @@ class _HeaderReader:
         parity no longer matches is what ECC is there for: failing an exact fit, the
         size under which most headers match and every other one corrects wins."""
         spans = layout.zones()
-        words = {ecc_size: [(self._raw(span.offset, PERSISTENT_RAM_BUFFER_SIZE),
-                             self._raw(span.offset + ecc_geometry(span.size, ecc_size)
-                                       .par_header, ecc_size)) for span in spans]
-                 for ecc_size in _DETECT_ECC_SIZES}
-        exact = {ecc_size: sum(rs_codec(ecc_size).encode(header) == parity
-                               for header, parity in pairs)
-                 for ecc_size, pairs in words.items()}
-        for ecc_size, pairs in words.items():
-            if exact[ecc_size] == len(pairs):
+        near: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+        for ecc_size in _DETECT_ECC_SIZES:
+            pairs = [(self._raw(span.offset, PERSISTENT_RAM_BUFFER_SIZE),
+                      self._raw(span.offset + ecc_geometry(span.size, ecc_size).par_header,
+                                ecc_size)) for span in spans]
+            exact = sum(rs_codec(ecc_size).encode(header) == parity for header, parity in pairs)
+            if exact == len(pairs):
                 return ecc_size
-        for ecc_size, pairs in words.items():
-            if 2 * exact[ecc_size] > len(pairs) and None not in rs_codec(ecc_size).decode_many(
-                    pairs):
+            if 2 * exact > len(pairs):
+                near.append((ecc_size, pairs))
+        for ecc_size, pairs in near:
+            if None not in rs_codec(ecc_size).decode_many(pairs):
                 return ecc_size
         return 0
