@@ -8,6 +8,7 @@ files, and refusing every write but `rm`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -337,9 +338,8 @@ class Operations(pyfuse3.Operations):
         """Inodes are fixed for the mount's life: nothing to release, but the kernel's
         page cache of a forgotten inode is gone with it."""
         for inode, _ in inode_list:
-            index = inode - pyfuse3.ROOT_INODE - 1
-            if 0 <= index < len(self._in_kernel):
-                self._in_kernel[index] = 0
+            with contextlib.suppress(pyfuse3.FUSEError):  # not a record's file
+                self._in_kernel[self._index(inode)] = 0
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         st = pyfuse3.StatvfsData()
