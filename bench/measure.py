@@ -149,11 +149,14 @@ def start_pstorefs(image: str, mnt: str, options: str, pin: bool = False
     return Mount("pstorefs", mnt, pids[0]), seconds
 
 
-def start_noop(index: str, mnt: str, pin: bool = False) -> tuple[Mount, float]:
-    """The no-op filesystem, started and waited for the same way."""
+def start_noop(index: str, mnt: str, pin: bool = False, store: bool = False
+               ) -> tuple[Mount, float]:
+    """The no-op filesystem, started and waited for the same way (with `store`, its
+    `--store` variant, kind "noop-store")."""
     read_end, write_end = os.pipe()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(pinned(python("noopfs.py", index, mnt, str(write_end)), pin),
+    argv = ["--store"] * store + [index, mnt, str(write_end)]
+    proc = subprocess.Popen(pinned(python("noopfs.py", *argv), pin),
                             pass_fds=(write_end,), env=ENV)
     os.close(write_end)
     chunks = []
@@ -165,7 +168,7 @@ def start_noop(index: str, mnt: str, pin: bool = False) -> tuple[Mount, float]:
         raise BenchError(f"noopfs did not start: rc {proc.returncode}")
     first_readdir(mnt)
     seconds = time.perf_counter() - t0
-    return Mount("noop", mnt, proc.pid, proc), seconds
+    return Mount("noop-store" if store else "noop", mnt, proc.pid, proc), seconds
 
 
 PEERS = {"squashfuse_ll": "squashfuse", "squashfs": "squashfs-tools"}

@@ -1,7 +1,7 @@
 """A no-op pyfuse3 filesystem with the same files as a workload: the cost of FUSE in
 Python itself, to split each pstorefs figure into FUSE overhead and pstorefs' own work.
 
-    noopfs.py INDEX MOUNTPOINT READY_FD
+    noopfs.py [--store] INDEX MOUNTPOINT READY_FD
 
 Same names, sizes and mtimes as pstorefs shows (from the workload's index), and the
 best protocol choices pyfuse3 allows for them: readdirplus with attributes from memory,
@@ -9,7 +9,9 @@ best protocol choices pyfuse3 allows for them: readdirplus with attributes from 
 kernel then caches the listing, FOPEN_CACHE_DIR), ENOTSUP for xattr namespaces other
 than `user.` (so `ls -l` asks once per mount, not twice per file), ENODATA within it,
 trio and pyfuse3's default worker count. Contents are zeros; `unlink` only forgets the
-name. Writes "ok"
+name. With `--store`, `open` hands the file's zeros to the kernel's page cache
+(`notify_store`) before it replies, as pstorefs does with a body, so that `cat` makes
+no READ: the floor of a filesystem answering two requests per file (LOOKUP, OPEN). Writes "ok"
 to READY_FD once mounted (as pstorefs' parent waits for its daemon), then serves in the
 foreground until unmounted or sent SIGTERM.
 """
@@ -50,8 +52,12 @@ class NoopOps(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, names: list[str], sizes: list[int], mtimes: list[int]) -> None:
+    def __init__(self, names: list[str], sizes: list[int], mtimes: list[int],
+                 store: bool = False) -> None:
         super().__init__()
+        self.store = store
+        self.stored: set[int] = set()
+        """Inodes whose zeros the kernel's page cache holds (`--store`)."""
         self.names = [n.encode() for n in names]
         self.sizes = sizes
         self.mtimes = mtimes
@@ -105,6 +111,9 @@ class NoopOps(pyfuse3.Operations):
         return None
 
     async def open(self, inode, flags, ctx):
+        if self.store and inode not in self.stored:
+            pyfuse3.notify_store(inode, 0, self.zeros[:self.sizes[inode - pyfuse3.ROOT_INODE - 1]])
+            self.stored.add(inode)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh, off, size):
@@ -129,7 +138,8 @@ class NoopOps(pyfuse3.Operations):
         return []
 
     async def forget(self, inode_list):
-        return None
+        for inode, _ in inode_list:  # its page cache went with it
+            self.stored.discard(inode)
 
     async def statfs(self, ctx):
         st = pyfuse3.StatvfsData()
@@ -155,10 +165,11 @@ async def _serve(ready_fd: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    index, mountpoint, ready_fd = argv[0], argv[1], int(argv[2])
+    store = argv[:1] == ["--store"]
+    index, mountpoint, ready_fd = argv[store], argv[store + 1], int(argv[store + 2])
     with open(index) as fh:
         meta = json.load(fh)
-    ops = NoopOps(meta["names"], meta["sizes"], meta["mtimes_ns"])
+    ops = NoopOps(meta["names"], meta["sizes"], meta["mtimes_ns"], store)
     counts = os.environ.get("NOOPFS_COUNTS")
     if counts:
         for name in ("lookup", "getattr", "opendir", "readdir", "releasedir", "open",

@@ -170,3 +170,22 @@ def test_errors_carry_no_errno() -> None:
     assert len(classes) > 5
     assert not [cls.__name__ for cls in classes if hasattr(cls, "errno")]
     assert not hasattr(pstorefs.errors.DeviceError("x", 5, writing=True), "errno")
+
+
+def python_scripts() -> list[Path]:
+    """The repository's Python files without a .py suffix (bench/run, tests/fuzz/run...),
+    which ruff finds only when named."""
+    return sorted(path for top in ("bench", "contrib", "tests") for path in (ROOT / top).rglob("*")
+                  if path.is_file() and not path.suffix and path.read_bytes()[:40]
+                  .startswith(b"#!/usr/bin/env python3"))
+
+
+def test_the_code_is_ruff_clean() -> None:
+    """The style the README promises, checked where the tests run: every Python file,
+    the scripts without a suffix included."""
+    scripts = python_scripts()
+    assert ROOT / "bench" / "run" in scripts
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", ".",
+                           *map(str, scripts)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
