@@ -43,7 +43,9 @@ from pstorefs.format.zone import (
     ring_zone_ok,
 )
 from pstorefs.store import Store, StoreConfig, open_store
-from pstorefs.store.zone.layout import geometry_from_options, kib_to_bytes
+from pstorefs.store.device import Device
+from pstorefs.store.zone.layout import Geometry, geometry_from_options, kib_to_bytes
+from pstorefs.store.zone.recovery import Listing
 from pstorefs.store.zone.store import ZoneStore
 
 FTRACE_SIG = PSZ_SIG ^ PstoreType.FTRACE
@@ -258,6 +260,27 @@ def test_locate_reads_nothing_and_find_is_exact() -> None:
         assert store.entry(tentative).name == "dmesg-pstore_blk-0"
         assert store.locate("dmesg-pstore_blk-0.enc.z") is None, "decoded: the name is known"
         assert store.find("dmesg-pstore_blk-0") == tentative
+
+
+def test_the_listing_keeps_the_records_it_made_last(tmp_path: Path) -> None:
+    """A partition's records are made from their headers when asked for, not kept; the
+    requests for one file each ask for its record, so the last `RECENT` made are kept:
+    asked again, the same record, and once forgotten, one made again equal to it."""
+    w = ZoneWriter(X86_64, 200 * 4096, kmsg_size=4096)
+    for n in range(200):
+        w.dmesg(f"Oops#{n + 1} Part1\nrecord {n}\n".encode())
+    path = tmp_path / "many.bin"
+    path.write_bytes(bytes(w.image))
+    with closing(ZoneStore(Device(str(path), read_only=True), Geometry(kmsg_size=4096),
+                           name="pstore_blk")) as store:
+        records = store.records
+        first = records[5]
+        assert records[5] is first
+        for at in range(10, 10 + Listing.RECENT):
+            records[at]
+        again = records[5]
+        assert again is not first and again == first
+        assert [r.id for r in records] == sorted(r.id for r in records)
 
 
 # == erase =================================================================================

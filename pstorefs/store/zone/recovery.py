@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import logging
 from array import array
 from collections.abc import Callable, Iterator
@@ -116,11 +117,15 @@ class Listing(LazySequence[Record]):
     A 128 MiB partition lists 16,384 dmesg records. Each is kept as its zone index and
     the header bytes listed (its `snapshot`, which erase compares): some 70 bytes, where
     a record's objects take some 500. It is made again when asked for, equal to the one
-    made before, so it finds what was kept for it."""
+    made before, so it finds what was kept for it. The last `RECENT` made are kept,
+    as the requests for one file (lookup, open, read-ahead) each ask for its record."""
+
+    RECENT = 64
 
     def __init__(self, make: Callable[[int, bytes], Record], ids: array[int], heads: bytes,
                  width: int, rings: list[Record]) -> None:
         self._make = make
+        self._made = functools.lru_cache(maxsize=self.RECENT)(self._dmesg)
         self._ids = ids
         self._heads = heads
         self._width = width
@@ -132,6 +137,9 @@ class Listing(LazySequence[Record]):
     def _item(self, at: int) -> Record:
         if at >= len(self._ids):
             return self._rings[at - len(self._ids)]
+        return self._made(at)
+
+    def _dmesg(self, at: int) -> Record:
         return self._make(self._ids[at], self._head(at))
 
     def __contains__(self, record: object) -> bool:
