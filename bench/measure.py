@@ -53,7 +53,8 @@ def python(script: str, *args: str) -> list[str]:
 
 
 def holders(path: str) -> list[int]:
-    """Processes holding `path` open (the pstorefs daemon of a mount of it)."""
+    """Processes holding `path` open (the pstorefs daemon of a mount of it), less
+    those whose parent holds it too: the daemon's decoding process."""
     want = os.path.realpath(path)
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -63,7 +64,15 @@ def holders(path: str) -> list[int]:
                     if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
                         pids.append(int(pid))
                         break
-    return pids
+    return [pid for pid in pids if _parent(pid) not in pids]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -73,6 +82,12 @@ def vm_hwm_kib(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     raise BenchError(f"no VmHWM for pid {pid}")
+
+
+def private_kib(pid: int) -> int:
+    """The process's private (not shared) resident memory."""
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        return sum(int(line.split()[1]) for line in fh if line.startswith("Private_"))
 
 
 def _alive(pid: int) -> bool:
@@ -102,6 +117,14 @@ class Mount:
 
     def peak_rss_kib(self) -> int:
         return vm_hwm_kib(self.pid)
+
+    def children_kib(self) -> tuple[int, int] | None:
+        """The peak RSS of the daemon's children (pstorefs' decoding process) and what
+        of it is private now, not shared with the daemon; None without children."""
+        pids = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if _parent(pid) == self.pid]
+        sizes = [(vm_hwm_kib(pid), private_kib(pid)) for pid in pids if _alive(pid)]
+        return (sum(h for h, _ in sizes), sum(p for _, p in sizes)) if sizes else None
 
     def stop(self) -> None:
         if self.kernel:

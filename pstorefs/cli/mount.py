@@ -239,11 +239,13 @@ def mount(args: list[str]) -> int:
         else:
             report = _daemonize("" if verbose else held.warnings("pstorefs"))
             _log_to_syslog(held)
+        ops.start_decoder()  # the daemon's own child, before any thread starts
         trio.run(_serve, report)
     finally:
         # Unmount even after a crash: an empty directory is safer for readers such as
         # systemd-pstore than a dead mount ("Transport endpoint is not connected").
         pyfuse3.close(unmount=True)
+        ops.close()
         store.close()
     return 0
 

@@ -4,7 +4,8 @@
   inodes, attributes, open files, and `Ownership` (`uid=`, `gid=`, `umask=`);
 * `listing`: which records have a file, how long a listing or lookup waits for the
   device, and when the kernel's cached listing must be dropped;
-* `read_ahead`: what is decoded before it is asked for, on worker threads;
+* `read_ahead`: what is decoded before it is asked for, and where;
+* `decoder`: the decoding process read-ahead uses, beside the event loop;
 * `erase`: `rm`'s erase in a worker thread the loop waits for while the device is fast;
 * `errors`: the one place where failures become errnos (`errno_of`) or log lines.
 """

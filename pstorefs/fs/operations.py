@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from pstorefs.fs.decoder import DecodeProcess
 from pstorefs.fs.erase import Eraser
 from pstorefs.fs.errors import in_thread, internal_error
 from pstorefs.fs.listing import Files, Listed, Listing, entry_within, kernel_caches_listing
@@ -186,6 +187,16 @@ class Operations(pyfuse3.Operations):
         self._eraser = Eraser(store)
         self._before_erase = before_erase
 
+    def start_decoder(self) -> None:
+        """Read ahead in a decoding process (`pstorefs.fs.decoder`) from now on: to be
+        called before the event loop starts, with no other thread running."""
+        self._read_ahead.decoder = DecodeProcess.fork(self.store, self._files)
+
+    def close(self) -> None:
+        """End what the mount started besides the event loop: the decoding process."""
+        if self._read_ahead.decoder is not None:
+            self._read_ahead.decoder.stop()
+
     # -- helpers ------------------------------------------------------------------
     def _index(self, inode: int) -> int:
         index = inode - pyfuse3.ROOT_INODE - 1
@@ -304,6 +315,7 @@ class Operations(pyfuse3.Operations):
             return self._dir_attrs(parent_inode if name == b"." else pyfuse3.ROOT_INODE)
         inode = await self._find(parent_inode, name)
         self._read_ahead.requested(inode - pyfuse3.ROOT_INODE - 1)
+        await self._read_ahead.arrived(inode - pyfuse3.ROOT_INODE - 1)
         attrs = await self._lookup_attrs(inode, os.fsdecode(name))
         if attrs.attr_timeout and self._listing.found_again(inode - pyfuse3.ROOT_INODE - 1):
             await self._listing.forget()  # before the reply: the next `ls` shows it
@@ -360,6 +372,7 @@ class Operations(pyfuse3.Operations):
         index = self._index(inode)
         if inode not in self._open and not self._in_kernel[index]:
             self._read_ahead.requested(index)
+            await self._read_ahead.arrived(index)
             body = await self._body(inode)
             if (self._open.keep(inode, body) and isinstance(body, bytes)
                     and len(body) <= STORE_IN_KERNEL):

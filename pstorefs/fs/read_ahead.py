@@ -1,6 +1,7 @@
-"""Decoding records before they are asked for, on worker threads, so that their
-requests are answered from the store's cache: the next records of a pass in listing
-order (`ReadAhead`), and the entries of a listing's batch (`decode_ahead`).
+"""Decoding records before they are asked for, so that their requests are answered
+from the store's cache: the next records of a pass in listing order (`ReadAhead`, in
+the decoding process where there is one, `pstorefs.fs.decoder`), and the entries of
+a listing's batch (`decode_ahead`, on worker threads).
 
 A policy apart from the handlers, so that what it decodes when can be tested against
 a store without FUSE.
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from pstorefs.fs.decoder import DecodeProcess
 from pstorefs.fs.errors import ABANDON_ON_CANCEL, logged
-from pstorefs.store import Record, Store
+from pstorefs.store import Decoded, Record, Store
 
 if TYPE_CHECKING:
     from pstorefs.fs.listing import Files, Listed
@@ -32,6 +34,11 @@ READ_AHEAD_BYTES = 512 << 10
 """At most how many records, and how many bytes of them, are decoded ahead of lookups
 and opens in listing order: well within what the store's cache keeps
 (`pstorefs.store.base.DEFAULT_CACHE_BUDGET`)."""
+
+DECODER_PATIENCE = 0.05
+"""How long a lookup or open waits for a record the decoding process has on the way
+before decoding it in the daemon (the process may be stalled on the device); then the
+other records on their way are not waited for either."""
 
 
 async def decode_ahead(store: Store, records: Iterable[Record], *,
@@ -70,9 +77,15 @@ class ReadAhead:
     request for the record after the previous one starts it, one batch at a time; a
     request elsewhere starts the count again there."""
 
-    def __init__(self, store: Store, files: Files, listed: Listed, stop: int) -> None:
-        """Read ahead among `files` those still `listed`, before index `stop`."""
+    def __init__(self, store: Store, files: Files, listed: Listed, stop: int,
+                 decoder: DecodeProcess | None = None) -> None:
+        """Read ahead among `files` those still `listed`, before index `stop`: in
+        `decoder` while it lives, else on worker threads."""
         self._store = store
+        self.decoder = decoder
+        self._arrival = trio.Event()
+        """Set (and made anew) each time records come back from `decoder`."""
+        self._receiving = False
         self._files = files
         self._listed = listed
         self._stop = stop
@@ -92,6 +105,15 @@ class ReadAhead:
         batch = self._next_batch(index)
         if not batch:
             return
+        if self.decoder is not None and self.decoder.alive:
+            if not self._receiving:
+                self._receiving = True
+                trio.lowlevel.spawn_system_task(logged(functools.partial(self._receive,
+                                                                         self.decoder)))
+            self._end = batch[-1]
+            self.decoder.ask([ahead for ahead in batch
+                              if self._store.body(self._files[ahead], wait=False) is None])
+            return
         self._end, self._busy = batch[-1], True
 
         async def run() -> None:
@@ -102,6 +124,32 @@ class ReadAhead:
                 self._busy = False
 
         trio.lowlevel.spawn_system_task(logged(run))
+
+    async def arrived(self, index: int) -> None:
+        """If record `index` is on its way from the decoding process, wait for it, up
+        to `DECODER_PATIENCE`."""
+        decoder = self.decoder
+        if decoder is None or not decoder.on_the_way(index):
+            return
+        with trio.move_on_after(DECODER_PATIENCE):
+            while decoder.on_the_way(index):
+                await self._arrival.wait()
+        if decoder.on_the_way(index):  # behind (a stalled device): wait for none of it
+            decoder.give_up()
+
+    async def _receive(self, decoder: DecodeProcess) -> None:
+        """Have the store keep what the decoding process sends back, as it comes: in
+        the loop's idle time, not in a request's."""
+        while decoder.alive:
+            await trio.lowlevel.wait_readable(decoder.results)
+            self._adopt(decoder.take())
+            self._arrival.set()
+            self._arrival = trio.Event()
+
+    def _adopt(self, taken: list[tuple[int, Decoded | None]]) -> None:
+        for index, decoded in taken:
+            if decoded is not None:
+                self._store.adopt(self._files[index], decoded)
 
     def _next_batch(self, index: int) -> list[int]:
         """The indexes to decode now that `index` is asked for (none if out of order,

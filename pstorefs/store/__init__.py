@@ -17,6 +17,7 @@ from pstorefs.store import blockconsole, mtdoops, ramoops, zone
 from pstorefs.store.base import (
     UNSIZED,
     Body,
+    Decoded,
     Entry,
     Layout,
     RangedBody,
@@ -29,8 +30,8 @@ from pstorefs.store.device import Device
 from pstorefs.store.signatures import foreign_signature
 from pstorefs.store.symbols import load_system_map
 
-__all__ = ["BACKENDS", "SIZE_OPTIONS", "UNSIZED", "Body", "Entry", "Layout", "RangedBody",
-           "Record", "Store", "StoreConfig", "body_chunks", "open_store"]
+__all__ = ["BACKENDS", "SIZE_OPTIONS", "UNSIZED", "Body", "Decoded", "Entry", "Layout",
+           "RangedBody", "Record", "Store", "StoreConfig", "body_chunks", "open_store"]
 
 _MODULES = {"zone": zone, "ramoops": ramoops, "mtdoops": mtdoops,
             "blockconsole": blockconsole}

@@ -463,11 +463,24 @@ class Store(ABC):
     def _file_name(self, record: Record, undecodable: bool = False) -> str:
         return file_name(record.type, self.name, record.id, undecodable=undecodable)
 
+    def decode(self, record: Record) -> Decoded:
+        """Decode `record` and keep nothing: for a process that decodes for another,
+        which `adopt`s the result (`pstorefs.fs.decoder`)."""
+        return (self._decode_between_erases(record) if self.erases_reach_other_records
+                else self._decode(record))
+
+    def adopt(self, record: Record, decoded: Decoded) -> None:
+        """Keep what another process decoded of `record` (`decode`), as if decoded here:
+        its name, size and compressor, and its body within the cache's budget."""
+        self._remember(self._slot(record), decoded)
+
     def _decoded(self, record: Record, slot: int | None) -> Decoded:
-        """Decode `record` and keep what was learnt (`slot` its `_slot`), unless the
-        record was erased meanwhile."""
-        decoded = (self._decode_between_erases(record) if self.erases_reach_other_records
-                   else self._decode(record))
+        """Decode `record` and keep what was learnt (`slot` its `_slot`)."""
+        return self._remember(slot, self.decode(record))
+
+    def _remember(self, slot: int | None, decoded: Decoded) -> Decoded:
+        """Keep what decoding learnt of the record at `slot`, unless it was erased
+        meanwhile; the decoded record, its ranged body the one every reader shares."""
         if slot is None:
             return decoded
         body = decoded.body

@@ -82,7 +82,8 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
 
 
 def holder_pids(path: str | os.PathLike) -> list[int]:
-    """Processes holding `path` open: the pstorefs daemon of a mount of it."""
+    """Processes holding `path` open: the pstorefs daemon of a mount of it. Not those
+    whose parent holds it too: the daemon's decoding process (`pstorefs.fs.decoder`)."""
     want = os.path.realpath(path)
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -92,7 +93,15 @@ def holder_pids(path: str | os.PathLike) -> list[int]:
                     if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
                         pids.append(int(pid))
                         break
-    return pids
+    return [pid for pid in pids if _parent(pid) not in pids]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
 
 
 def alive(pid: int) -> bool:

@@ -55,7 +55,9 @@ from helpers.machine import (
     unmount,
     wait_for,
 )
+from pstorefs.cli.options import parse_options
 from pstorefs.fs import LISTING_REFRESH
+from pstorefs.store import open_store
 
 T = TypeVar("T")
 
@@ -488,6 +490,36 @@ def test_stalled_read_does_not_freeze_the_mount(tmp_path: Path) -> None:
             assert not t.is_alive(), "the read did not complete after the device answered"
             assert result["v"] == case.files[victim]
             count("stalled reads", 1)
+
+
+def test_a_stalled_decoding_process_does_not_freeze_a_pass(tmp_path: Path) -> None:
+    """Reading in listing order hands the next records to the decoding process; when
+    the device stalls it on one of them, the records after it are decoded by the
+    daemon instead and read at once, and the stalled one completes once the device
+    answers."""
+    case = case_by_id("linux6.12-kmsg8-deflate-5oops")
+    with contextlib.closing(open_store(str(case.image), parse_options([case.options]).store
+                                       )) as store:
+        order = [store.entry(r).name for r in store.records]
+    victim = order[2]
+    with faulty_case(tmp_path, case) as fm:
+        fm.set(faults=stalled_reads(case, victim))
+        with pstorefs_on(fm.file, tmp_path / "mnt", case.options) as (m, _):
+            for name in order[:2]:  # in order: the rest goes to the decoding process
+                assert within(5, lambda n=name: (m / n).read_bytes(), f"cat {name}") \
+                    == case.files[name]
+            assert wait_for(lambda: any(f.get("fault") == "stall" for f in fm.faults()), 10), \
+                "the decoding process never reached the stalled record"
+            try:
+                for name in order[3:]:
+                    got = within(5, lambda n=name: (m / n).read_bytes(),
+                                 f"cat {name} while the decoding process is stalled")
+                    assert got == case.files[name]
+            finally:
+                fm.clear()
+            assert within(10, lambda: (m / victim).read_bytes(), f"cat {victim}") \
+                == case.files[victim]
+            count("stalled decoding process", 1)
 
 
 def test_stalled_fdatasync_of_an_rm_does_not_freeze_the_mount(tmp_path: Path) -> None:

@@ -1,0 +1,246 @@
+"""Decoding ahead in a process of its own, so that the event loop never shares the GIL
+with the decoding (docs/decode-process.md has the measurements that chose this).
+
+Threads decode beside the loop, but each record then passes the GIL back and forth
+between them, and every pass wakes a thread on the other CPU: on two CPUs that cost
+as much as the decoding saved. A forked process decodes while the loop answers, with
+nothing shared but two pipes: indexes go one way, decoded records the other.
+
+The process only reads the source, and only what the daemon asks it for. Whatever it
+does not deliver in time (it stalls on the device, dies, or a record is too large or
+ranged) the daemon decodes itself, as it does without it, so a stall never reaches a
+request beyond `DECODER_PATIENCE`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import struct
+from collections.abc import Sequence
+
+from pstorefs.store import Decoded, Record, Store
+
+log = logging.getLogger(__name__)
+
+SHIP_LIMIT = 1 << 20
+"""Bodies larger than this are left to the daemon: the pipe would carry more than the
+page cache takes in one piece (`STORE_IN_KERNEL`)."""
+
+RESULTS_PIPE = 1 << 20
+REQUESTS_PIPE = 4096
+"""Pipe sizes: room for a batch of read-ahead's bodies on the way back, and for a few
+batches of indexes on the way there (more would only queue work a jump made stale)."""
+
+_F_SETPIPE_SZ = 1031
+_PR_SET_PDEATHSIG = 1
+
+SEND_AT = 256 << 10
+"""The results of a batch go back together (one wake-up of the daemon for them all),
+in writes of about this much."""
+
+_HEADER = struct.Struct("<IIBB")
+"""A decoded record: its index, its body's length, flags, and its compressor's name's
+length; the name and the body follow."""
+_UNDECODABLE = 1
+_LEFT = 2
+"""Flags: decoded raw (`Decoded.undecodable`); not decoded here, left to the daemon."""
+
+
+class DecodeProcess:
+    """The daemon's side: ask for indexes (`ask`), take what came back (`take`)."""
+
+    def __init__(self, pid: int, requests: int, results: int) -> None:
+        self.pid = pid
+        self.results = results
+        """The pipe decoded records arrive on (to wait on it)."""
+        self._requests = requests
+        self._asked: set[int] = set()
+        """Indexes asked for and not yet back."""
+        self._buffer = bytearray(256 << 10)
+        self._have = 0
+        """Bytes read into `_buffer` and not yet taken."""
+        self.alive = True
+
+    @classmethod
+    def fork(cls, store: Store, records: Sequence[Record]) -> DecodeProcess | None:
+        """Start the process for `records` of `store`: to be called with no other
+        thread running (a lock held across the fork would stay held in the child).
+        None where it cannot help: a store whose erases rewrite other records (the
+        process would not see them happen) or a failed fork."""
+        if store.erases_reach_other_records:
+            return None
+        requests_read, requests = os.pipe2(os.O_CLOEXEC)
+        results, results_write = os.pipe2(os.O_CLOEXEC)
+        for fd, size in ((requests, REQUESTS_PIPE), (results_write, RESULTS_PIPE)):
+            with contextlib.suppress(OSError):  # a smaller pipe only means less ahead
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.warning("no decoding process (%s): decoding in threads", exc)
+            for fd in (requests_read, requests, results, results_write):
+                os.close(fd)
+            return None
+        if pid == 0:  # the child
+            try:
+                os.close(requests)
+                os.close(results)
+                _serve(store, records, requests_read, results_write, parent)
+            finally:
+                os._exit(0)
+        os.close(requests_read)
+        os.close(results_write)
+        os.set_blocking(requests, False)
+        os.set_blocking(results, False)
+        return cls(pid, requests, results)
+
+    def ask(self, indexes: Sequence[int]) -> None:
+        """Have these records decoded, in this order; dropped if the process is that
+        far behind (its requests pipe full) or gone: the daemon decodes them then."""
+        if not self.alive or not indexes:
+            return
+        try:
+            os.write(self._requests, struct.pack(f"<{len(indexes)}I", *indexes))
+        except BlockingIOError:
+            return
+        except OSError:  # the process died: decode in the daemon from now on
+            self._gone()
+            return
+        self._asked.update(indexes)
+
+    def on_the_way(self, index: int) -> bool:
+        """Whether `index` was asked for and has not come back yet."""
+        return index in self._asked
+
+    def give_up(self) -> None:
+        """Wait for none of what was asked: it is late (the device stalls). What comes
+        back still comes back; what is asked from now on is waited for again."""
+        self._asked.clear()
+
+    def take(self) -> list[tuple[int, Decoded | None]]:
+        """What came back since, without waiting: each index with its decoded record,
+        None for one left to the daemon."""
+        taken: list[tuple[int, Decoded | None]] = []
+        while self.alive:
+            with memoryview(self._buffer) as free:
+                try:
+                    count = os.readv(self.results, [free[self._have:]])
+                except BlockingIOError:
+                    break
+            if count == 0:  # the process ended
+                self._gone()
+                break
+            self._have += count
+            self._parse(taken)
+        return taken
+
+    def _parse(self, taken: list[tuple[int, Decoded | None]]) -> None:
+        """Take every whole message in the buffer, keep the partial one at its start,
+        and grow the buffer for a message that will not fit."""
+        buffer, at = self._buffer, 0
+        while self._have - at >= _HEADER.size:
+            index, length, flags, name_length = _HEADER.unpack_from(buffer, at)
+            end = at + _HEADER.size + name_length + length
+            if end - at > len(buffer):
+                buffer.extend(bytes(end - at - len(buffer)))
+            if end > self._have:
+                break
+            self._asked.discard(index)
+            if flags & _LEFT:
+                taken.append((index, None))
+            else:
+                name = bytes(buffer[at + _HEADER.size:end - length]).decode() or None
+                taken.append((index, Decoded(bytes(buffer[end - length:end]), name,
+                                             bool(flags & _UNDECODABLE))))
+            at = end
+        if at:
+            buffer[:self._have - at] = buffer[at:self._have]
+            self._have -= at
+
+    def _gone(self) -> None:
+        self.alive = False
+        self.give_up()
+
+    def stop(self) -> None:
+        """End the process (it holds nothing that needs a clean end) and reap it."""
+        self._gone()
+        for fd in (self._requests, self.results):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def _serve(store: Store, records: Sequence[Record], requests: int, results: int,
+           parent: int) -> None:
+    """The process: decode each index asked for and send it back, until the daemon
+    closes the requests pipe, dies, or stops reading."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        return
+    _close_all_but({0, 1, 2, store.device.fd, requests, results})
+    with contextlib.suppress(OSError):  # the readers and the loop come first
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    pending = b""
+    while chunk := os.read(requests, REQUESTS_PIPE):
+        pending += chunk
+        whole = len(pending) - len(pending) % 4
+        parts: list[bytes] = []
+        for (index,) in struct.iter_unpack("<I", pending[:whole]):
+            parts += _message(store, records, index)
+            if sum(map(len, parts)) >= SEND_AT:
+                if not _sent(results, parts):
+                    return
+                parts = []
+        if parts and not _sent(results, parts):
+            return
+        pending = pending[whole:]
+
+
+def _message(store: Store, records: Sequence[Record],
+             index: int) -> list[bytes]:
+    """The message for record `index`: decoded, or left to the daemon (which meets
+    and reports whatever failed here)."""
+    try:
+        decoded = store.decode(records[index])
+    except Exception:
+        decoded = None
+    body = decoded.body if decoded is not None else None
+    if decoded is None or not isinstance(body, bytes) or len(body) > SHIP_LIMIT:
+        return [_HEADER.pack(index, 0, _LEFT, 0)]
+    name = (decoded.compressor or "").encode()
+    flags = _UNDECODABLE if decoded.undecodable else 0
+    return [_HEADER.pack(index, len(body), flags, len(name)) + name, body]
+
+
+def _sent(fd: int, parts: list[bytes]) -> bool:
+    """Write all of `parts` (a blocking pipe may take them in pieces); False once the
+    daemon stopped reading."""
+    try:
+        written = os.writev(fd, parts)
+        rest = memoryview(b"".join(parts))[written:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
+    except BrokenPipeError:
+        return False
+    return True
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close what was inherited and is not needed: /dev/fuse would keep the mount's
+    connection alive after the daemon died, the daemon's report pipe would keep the
+    mount command waiting, loop devices held would stay held."""
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)

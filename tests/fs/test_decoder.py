@@ -1,0 +1,172 @@
+"""The decoding process alone, without FUSE (`pstorefs.fs.decoder`): what it sends back
+is what the store decodes, byte for byte, from kernel-written images; what it cannot
+send is left to the daemon; it is not started where erases reach other records; and
+it ends with the daemon, however the daemon ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from helpers.cases import BACKEND_CASES, CASES
+from helpers.machine import alive
+from helpers.zone_writer import ZoneWriter
+from pstorefs.cli.options import parse_options
+from pstorefs.format.abi import X86_64
+from pstorefs.fs import ReadAhead
+from pstorefs.fs.decoder import DecodeProcess
+from pstorefs.fs.listing import Files, Listed
+from pstorefs.store import Decoded, RangedBody, Store, open_store
+from pstorefs.store.device import Device
+from pstorefs.store.zone.layout import Geometry
+from pstorefs.store.zone.store import ZoneStore
+
+
+@contextmanager
+def case_store(case_id: str) -> Iterator[Store]:
+    case = next(c for c in CASES + BACKEND_CASES if c.id == case_id)
+    config = dataclasses.replace(parse_options([case.options]).store, read_only=True)
+    with closing(open_store(str(case.image), config)) as store:
+        yield store
+
+
+@contextmanager
+def decoding(store: Store) -> Iterator[DecodeProcess]:
+    decoder = DecodeProcess.fork(store, list(store.records))
+    assert decoder is not None
+    try:
+        yield decoder
+    finally:
+        decoder.stop()
+
+
+def everything_back(decoder: DecodeProcess, count: int) -> dict[int, Decoded | None]:
+    """Ask for records 0..count-1 and wait until each came back."""
+    decoder.ask(range(count))  # type: ignore[arg-type]
+    got: dict[int, Decoded | None] = {}
+    deadline = time.monotonic() + 30
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"{count - len(got)} records never came back"
+        select.select([decoder.results], [], [], 0.5)
+        got.update(decoder.take())
+    assert not any(decoder.on_the_way(index) for index in range(count))
+    return got
+
+
+@pytest.mark.parametrize("case_id", [
+    "linux6.12-all-fronts",  # dmesg, pmsg, console; ftrace, which is ranged
+    "linux6.1-zstd-3oops",
+    "linux5.10-lz4-3oops",
+    "kmsg-plain-3oops",
+    "ramoops-all-fronts",
+    "ramoops-ecc16",
+])
+def test_it_sends_back_what_the_store_decodes(case_id: str) -> None:
+    with case_store(case_id) as store, decoding(store) as decoder:
+        got = everything_back(decoder, len(store.records))
+        for index, record in enumerate(store.records):
+            want = store.decode(record)
+            if isinstance(want.body, RangedBody):
+                assert got[index] is None, f"{record}: a ranged body is the daemon's"
+            else:
+                assert got[index] == want, record
+        assert {type(r.body) for r in map(store.decode, store.records)} >= {bytes}
+
+
+def test_an_undecodable_record_comes_back_raw_and_flagged(tmp_path: Path) -> None:
+    w = ZoneWriter(X86_64, 4 * 4096, kmsg_size=4096)
+    w.dmesg(b"Oops#1 Part1\nplain\n")
+    w.dmesg(b"\x78\x9c not deflate at all", compressed=True)
+    path = tmp_path / "bad.bin"
+    path.write_bytes(bytes(w.image))
+    with closing(ZoneStore(Device(str(path), read_only=True), Geometry(kmsg_size=4096),
+                           name="pstore_blk")) as store, decoding(store) as decoder:
+        got = everything_back(decoder, len(store.records))
+        flags = [got[i].undecodable for i in range(len(store.records))]  # type: ignore[union-attr]
+        assert flags == [False, True]
+        store.adopt(store.records[1], got[1])  # type: ignore[arg-type]
+        assert store.entry(store.records[1], wait=False).name.endswith(".enc.z")
+
+
+def test_a_record_it_cannot_read_is_left_to_the_daemon() -> None:
+    with case_store("kmsg-deflate-3oops") as store, decoding(store) as decoder:
+        got = everything_back(decoder, len(store.records) + 2)  # two past the end
+        assert got[len(store.records)] is None and got[len(store.records) + 1] is None
+
+
+@pytest.mark.parametrize("case_id", ["mtdoops-4k-pages", "mtdpstore-erase64k"])
+def test_none_where_an_erase_rewrites_other_records(case_id: str) -> None:
+    """Flash erases whole blocks: the process would read beside an erase it cannot see."""
+    with case_store(case_id) as store:
+        assert store.erases_reach_other_records
+        assert DecodeProcess.fork(store, list(store.records)) is None
+
+
+def test_stop_reaps_it_and_a_dead_one_is_decoded_without() -> None:
+    with case_store("kmsg-deflate-3oops") as store:
+        decoder = DecodeProcess.fork(store, list(store.records))
+        assert decoder is not None and alive(decoder.pid)
+        os.kill(decoder.pid, signal.SIGKILL)
+        os.waitpid(decoder.pid, 0)
+        decoder.ask([0])  # a closed pipe: nothing is waited for
+        select.select([decoder.results], [], [], 5)
+        assert decoder.take() == [] and not decoder.alive and not decoder.on_the_way(0)
+        decoder.stop()
+        with pytest.raises(ChildProcessError):
+            os.waitpid(decoder.pid, os.WNOHANG)
+
+
+CHILD = """
+import sys
+from pstorefs.cli.options import parse_options
+from pstorefs.fs.decoder import DecodeProcess
+from pstorefs.store import open_store
+store = open_store(sys.argv[1], parse_options([sys.argv[2] + ",ro"]).store)
+decoder = DecodeProcess.fork(store, list(store.records))
+print(decoder.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_it_dies_with_the_daemon() -> None:
+    """A daemon killed (SIGKILL: no clean-up runs) takes its decoding process along."""
+    case = next(c for c in CASES if c.id == "kmsg-deflate-3oops")
+    daemon = subprocess.Popen([sys.executable, "-c", CHILD, str(case.image), case.options],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert daemon.stdout is not None
+    pid = int(daemon.stdout.readline())
+    assert alive(pid)
+    daemon.kill()
+    daemon.wait()
+    deadline = time.monotonic() + 5
+    while alive(pid):
+        assert time.monotonic() < deadline, "the decoding process outlived its daemon"
+        time.sleep(0.01)
+
+
+async def test_read_ahead_uses_it_and_waits_for_what_is_on_its_way() -> None:
+    """A pass in order is decoded by the process; a request for a record on its way
+    waits for it rather than decoding it again."""
+    with case_store("linux6.12-kmsg8-deflate-5oops") as store, decoding(store) as decoder:
+        records = list(store.records)
+        read_ahead = ReadAhead(store, Files(records, []), Listed(len(records)),
+                               len(records), decoder)
+        read_ahead.requested(0)
+        read_ahead.requested(1)
+        assert all(decoder.on_the_way(i) for i in range(2, len(records)))
+        with trio.fail_after(10):
+            for index in range(2, len(records)):
+                await read_ahead.arrived(index)
+                assert store.body(records[index], wait=False) == store.decode(
+                    records[index]).body
