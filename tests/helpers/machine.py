@@ -93,10 +93,11 @@ def holder_pids(path: str | os.PathLike) -> list[int]:
                     if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
                         pids.append(int(pid))
                         break
-    return [pid for pid in pids if _parent(pid) not in pids]
+    return [pid for pid in pids if parent_pid(pid) not in pids]
 
 
-def _parent(pid: int) -> int | None:
+def parent_pid(pid: int) -> int | None:
+    """`pid`'s parent, None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return int(fh.read().rsplit(")", 1)[1].split()[1])

@@ -9,21 +9,13 @@ import signal
 from pathlib import Path
 
 from helpers.cases import case_by_id
-from helpers.machine import alive, holder_pids, mounted, run, wait_for
+from helpers.machine import alive, holder_pids, mounted, parent_pid, run, wait_for
 
 CASE = case_by_id("linux6.12-kmsg8-deflate-5oops")
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry))
-        except OSError:
-            pass
-    return found
+    return [int(p) for p in filter(str.isdigit, os.listdir("/proc")) if parent_pid(int(p)) == pid]
 
 
 def open_files(pid: int) -> set[str]:
