@@ -22,8 +22,12 @@ import os
 import signal
 import struct
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pstorefs.store import Decoded, Record, Store
+from pstorefs.store import Decoded, Store
+
+if TYPE_CHECKING:
+    from pstorefs.fs.listing import Files
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +44,17 @@ _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
 
 SEND_AT = 256 << 10
+SEND_PARTS = 512
 """The results of a batch go back together (one wake-up of the daemon for them all),
-in writes of about this much."""
+in writes of about this many bytes, or of this many pieces (writev takes 1,024)."""
 
 _HEADER = struct.Struct("<IIBB")
 """A decoded record: its index, its body's length, flags, and its compressor's name's
 length; the name and the body follow."""
-_UNDECODABLE = 1
+_RAW = 1
 _LEFT = 2
-"""Flags: decoded raw (`Decoded.undecodable`); not decoded here, left to the daemon."""
+"""Flags: undecodable, sent raw (`Decoded.undecodable`); not decoded here, left to
+the daemon."""
 
 
 class DecodeProcess:
@@ -60,19 +66,23 @@ class DecodeProcess:
         """The pipe decoded records arrive on (to wait on it)."""
         self._requests = requests
         self._asked: set[int] = set()
-        """Indexes asked for and not yet back."""
+        """Indexes asked for, not back yet, and waited for."""
+        self._outstanding = 0
+        """Records asked for and not back yet, waited for or not."""
+        self.behind = False
+        """Given up on (`give_up`) and not caught up yet: ask nothing meanwhile."""
         self._buffer = bytearray(256 << 10)
         self._have = 0
         """Bytes read into `_buffer` and not yet taken."""
         self.alive = True
+        self._stopped = False
 
     @classmethod
-    def fork(cls, store: Store, records: Sequence[Record]) -> DecodeProcess | None:
+    def fork(cls, store: Store, records: Files) -> DecodeProcess | None:
         """Start the process for `records` of `store`: to be called with no other
         thread running (a lock held across the fork would stay held in the child).
-        None where it cannot help: a store whose erases rewrite other records (the
-        process would not see them happen) or a failed fork."""
-        if store.erases_reach_other_records:
+        None where it cannot help (`Store.decodes_elsewhere`) or the fork failed."""
+        if not store.decodes_elsewhere:
             return None
         requests_read, requests = os.pipe2(os.O_CLOEXEC)
         results, results_write = os.pipe2(os.O_CLOEXEC)
@@ -100,19 +110,28 @@ class DecodeProcess:
         os.set_blocking(results, False)
         return cls(pid, requests, results)
 
-    def ask(self, indexes: Sequence[int]) -> None:
-        """Have these records decoded, in this order; dropped if the process is that
-        far behind (its requests pipe full) or gone: the daemon decodes them then."""
-        if not self.alive or not indexes:
-            return
-        try:
+    @property
+    def usable(self) -> bool:
+        """Whether to ask it: alive, and not behind."""
+        return self.alive and not self.behind
+
+    def ask(self, indexes: Sequence[int]) -> bool:
+        """Have these records decoded, in this order. False if not asked: the process
+        is gone, or so far behind that its requests pipe is full (it is then `behind`);
+        the daemon decodes them itself."""
+        if not self.usable:
+            return False
+        try:  # a batch is far below PIPE_BUF: written whole, or not at all
             os.write(self._requests, struct.pack(f"<{len(indexes)}I", *indexes))
         except BlockingIOError:
-            return
+            self.behind = True
+            return False
         except OSError:  # the process died: decode in the daemon from now on
-            self._gone()
-            return
+            self._end()
+            return False
         self._asked.update(indexes)
+        self._outstanding += len(indexes)
+        return True
 
     def on_the_way(self, index: int) -> bool:
         """Whether `index` was asked for and has not come back yet."""
@@ -120,8 +139,9 @@ class DecodeProcess:
 
     def give_up(self) -> None:
         """Wait for none of what was asked: it is late (the device stalls). What comes
-        back still comes back; what is asked from now on is waited for again."""
+        back is still taken, and nothing more is asked until all of it is back."""
         self._asked.clear()
+        self.behind = True
 
     def take(self) -> list[tuple[int, Decoded | None]]:
         """What came back since, without waiting: each index with its decoded record,
@@ -134,7 +154,7 @@ class DecodeProcess:
                 except BlockingIOError:
                     break
             if count == 0:  # the process ended
-                self._gone()
+                self._end()
                 break
             self._have += count
             self._parse(taken)
@@ -152,34 +172,41 @@ class DecodeProcess:
             if end > self._have:
                 break
             self._asked.discard(index)
+            self._outstanding -= 1
             if flags & _LEFT:
                 taken.append((index, None))
             else:
-                name = bytes(buffer[at + _HEADER.size:end - length]).decode() or None
-                taken.append((index, Decoded(bytes(buffer[end - length:end]), name,
-                                             bool(flags & _UNDECODABLE))))
+                with memoryview(buffer) as view:  # one copy of the body, not two
+                    name = bytes(view[at + _HEADER.size:end - length]).decode() or None
+                    body = bytes(view[end - length:end])
+                taken.append((index, Decoded(body, name, bool(flags & _RAW))))
             at = end
+        if self._outstanding <= 0:
+            self.behind = False
         if at:
             buffer[:self._have - at] = buffer[at:self._have]
             self._have -= at
 
-    def _gone(self) -> None:
+    def _end(self) -> None:
         self.alive = False
-        self.give_up()
+        self._asked.clear()
 
     def stop(self) -> None:
-        """End the process (it holds nothing that needs a clean end) and reap it."""
-        self._gone()
+        """End the process (it holds nothing that needs a clean end) and reap it. It
+        may take as long as a device read it is blocked in does not return."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._end()
         for fd in (self._requests, self.results):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            os.close(fd)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
 
 
-def _serve(store: Store, records: Sequence[Record], requests: int, results: int,
+def _serve(store: Store, records: Files, requests: int, results: int,
            parent: int) -> None:
     """The process: decode each index asked for and send it back, until the daemon
     closes the requests pipe, dies, or stops reading."""
@@ -196,19 +223,21 @@ def _serve(store: Store, records: Sequence[Record], requests: int, results: int,
         pending += chunk
         whole = len(pending) - len(pending) % 4
         parts: list[bytes] = []
+        size = 0
         for (index,) in struct.iter_unpack("<I", pending[:whole]):
-            parts += _message(store, records, index)
-            if sum(map(len, parts)) >= SEND_AT:
+            message = _message(store, records, index)
+            parts += message
+            size += sum(map(len, message))
+            if size >= SEND_AT or len(parts) >= SEND_PARTS:
                 if not _sent(results, parts):
                     return
-                parts = []
+                parts, size = [], 0
         if parts and not _sent(results, parts):
             return
         pending = pending[whole:]
 
 
-def _message(store: Store, records: Sequence[Record],
-             index: int) -> list[bytes]:
+def _message(store: Store, records: Files, index: int) -> list[bytes]:
     """The message for record `index`: decoded, or left to the daemon (which meets
     and reports whatever failed here)."""
     try:
@@ -219,7 +248,7 @@ def _message(store: Store, records: Sequence[Record],
     if decoded is None or not isinstance(body, bytes) or len(body) > SHIP_LIMIT:
         return [_HEADER.pack(index, 0, _LEFT, 0)]
     name = (decoded.compressor or "").encode()
-    flags = _UNDECODABLE if decoded.undecodable else 0
+    flags = _RAW if decoded.undecodable else 0
     return [_HEADER.pack(index, len(body), flags, len(name)) + name, body]
 
 

@@ -315,7 +315,7 @@ class Operations(pyfuse3.Operations):
             return self._dir_attrs(parent_inode if name == b"." else pyfuse3.ROOT_INODE)
         inode = await self._find(parent_inode, name)
         self._read_ahead.requested(inode - pyfuse3.ROOT_INODE - 1)
-        await self._read_ahead.arrived(inode - pyfuse3.ROOT_INODE - 1)
+        await self._read_ahead.arrived(inode - pyfuse3.ROOT_INODE - 1, body=False)
         attrs = await self._lookup_attrs(inode, os.fsdecode(name))
         if attrs.attr_timeout and self._listing.found_again(inode - pyfuse3.ROOT_INODE - 1):
             await self._listing.forget()  # before the reply: the next `ls` shows it
@@ -372,7 +372,7 @@ class Operations(pyfuse3.Operations):
         index = self._index(inode)
         if inode not in self._open and not self._in_kernel[index]:
             self._read_ahead.requested(index)
-            await self._read_ahead.arrived(index)
+            await self._read_ahead.arrived(index, body=True)
             body = await self._body(inode)
             if (self._open.keep(inode, body) and isinstance(body, bytes)
                     and len(body) <= STORE_IN_KERNEL):
@@ -429,7 +429,10 @@ class Operations(pyfuse3.Operations):
         attrs = self._recent_xattrs.pop(inode, None)
         if attrs is None:
             record = self._files[self._index(inode)]
-            attrs = self.store.attributes(record, wait=False)
+            try:
+                attrs = self.store.attributes(record, wait=False)
+            except Exception as exc:  # a bug must not end the mount
+                raise internal_error(exc, self.store) from None
             if attrs is None:
                 attrs = await in_thread(self.store, self.store.attributes, record)
         self._recent_xattrs[inode] = attrs

@@ -77,12 +77,11 @@ class ReadAhead:
     request for the record after the previous one starts it, one batch at a time; a
     request elsewhere starts the count again there."""
 
-    def __init__(self, store: Store, files: Files, listed: Listed, stop: int,
-                 decoder: DecodeProcess | None = None) -> None:
-        """Read ahead among `files` those still `listed`, before index `stop`: in
-        `decoder` while it lives, else on worker threads."""
+    def __init__(self, store: Store, files: Files, listed: Listed, stop: int) -> None:
+        """Read ahead among `files` those still `listed`, before index `stop`."""
         self._store = store
-        self.decoder = decoder
+        self.decoder: DecodeProcess | None = None
+        """Where to read ahead while it is `usable`, rather than on worker threads."""
         self._arrival = trio.Event()
         """Set (and made anew) each time records come back from `decoder`."""
         self._receiving = False
@@ -105,15 +104,15 @@ class ReadAhead:
         batch = self._next_batch(index)
         if not batch:
             return
-        if self.decoder is not None and self.decoder.alive:
+        if self.decoder is not None and self.decoder.usable:
             if not self._receiving:
                 self._receiving = True
                 trio.lowlevel.spawn_system_task(logged(functools.partial(self._receive,
                                                                          self.decoder)))
-            self._end = batch[-1]
-            self.decoder.ask([ahead for ahead in batch
-                              if self._store.body(self._files[ahead], wait=False) is None])
-            return
+            if self.decoder.ask([ahead for ahead in batch if self._store.body(
+                    self._files[ahead], wait=False) is None]):
+                self._end = batch[-1]
+                return
         self._end, self._busy = batch[-1], True
 
         async def run() -> None:
@@ -125,11 +124,14 @@ class ReadAhead:
 
         trio.lowlevel.spawn_system_task(logged(run))
 
-    async def arrived(self, index: int) -> None:
-        """If record `index` is on its way from the decoding process, wait for it, up
-        to `DECODER_PATIENCE`."""
+    async def arrived(self, index: int, *, body: bool) -> None:
+        """If record `index` is on its way from the decoding process and not known yet
+        (its entry, or with `body` its body), wait for it, up to `DECODER_PATIENCE`."""
         decoder = self.decoder
         if decoder is None or not decoder.on_the_way(index):
+            return
+        known = self._store.body if body else self._store.entry
+        if known(self._files[index], wait=False) is not None:
             return
         with trio.move_on_after(DECODER_PATIENCE):
             while decoder.on_the_way(index):
@@ -139,12 +141,19 @@ class ReadAhead:
 
     async def _receive(self, decoder: DecodeProcess) -> None:
         """Have the store keep what the decoding process sends back, as it comes: in
-        the loop's idle time, not in a request's."""
-        while decoder.alive:
-            await trio.lowlevel.wait_readable(decoder.results)
-            self._adopt(decoder.take())
+        the loop's idle time, not in a request's. Should this fail, the process is
+        ended, and the daemon decodes on threads."""
+        try:
+            while decoder.alive:
+                await trio.lowlevel.wait_readable(decoder.results)
+                self._adopt(decoder.take())
+                self._arrival.set()
+                self._arrival = trio.Event()
+        except Exception:
+            decoder.stop()
+            raise
+        finally:
             self._arrival.set()
-            self._arrival = trio.Event()
 
     def _adopt(self, taken: list[tuple[int, Decoded | None]]) -> None:
         for index, decoded in taken:

@@ -469,10 +469,28 @@ class Store(ABC):
         return (self._decode_between_erases(record) if self.erases_reach_other_records
                 else self._decode(record))
 
-    def adopt(self, record: Record, decoded: Decoded) -> None:
-        """Keep what another process decoded of `record` (`decode`), as if decoded here:
-        its name, size and compressor, and its body within the cache's budget."""
-        self._remember(self._slot(record), decoded)
+    @property
+    def decodes_elsewhere(self) -> bool:
+        """Whether another process may decode for this store (`decode`, `adopt`): not
+        where an erase rewrites other records (that process would not see it happen)."""
+        return not self.erases_reach_other_records
+
+    def adopt(self, record: Record, decoded: Decoded) -> bool:
+        """Keep what another process decoded of `record` (`decode`; a body, not a
+        ranged one), as if decoded here: its name, size and compressor, and its body
+        within the cache's budget. Never waits: while an erase holds the store (a slow
+        device), nothing is kept and the record is decoded here when asked for.
+        Whether it was kept."""
+        slot = self._slot(record)
+        if slot is None or not isinstance(decoded.body, bytes):
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._learnt(slot, decoded, len(decoded.body))
+        finally:
+            self._lock.release()
+        return True
 
     def _decoded(self, record: Record, slot: int | None) -> Decoded:
         """Decode `record` and keep what was learnt (`slot` its `_slot`)."""
@@ -489,16 +507,21 @@ class Store(ABC):
                 body = self._ranged.setdefault(slot, body)
             decoded = Decoded(body, decoded.compressor, decoded.undecodable)
         size = body_size(body)  # a ranged body's pass: outside the lock
-        with self._lock:  # kept by slot: a small int, not the record's objects
-            if not self._gone[slot]:
-                self._codes[slot] = (_UNDECODABLE if decoded.undecodable
-                                     else _CODES.get(decoded.compressor, 0))
-                self._sizes[slot] = size
-                if isinstance(body, bytes):
-                    self._cache.put(slot, body)
-            else:
-                self._ranged.pop(slot, None)
+        with self._lock:
+            self._learnt(slot, decoded, size)
         return decoded
+
+    def _learnt(self, slot: int, decoded: Decoded, size: int) -> None:
+        """Keep, under `_lock`, what decoding learnt of the record at `slot` (by slot: a
+        small int, not the record's objects), unless it was erased meanwhile."""
+        if self._gone[slot]:
+            self._ranged.pop(slot, None)
+            return
+        self._codes[slot] = (_UNDECODABLE if decoded.undecodable
+                             else _CODES.get(decoded.compressor, 0))
+        self._sizes[slot] = size
+        if isinstance(decoded.body, bytes):
+            self._cache.put(slot, decoded.body)
 
     def _read_between_erases(self, offset: int, length: int) -> bytes:
         """`device.read`, done again where an erase wrote meanwhile (see

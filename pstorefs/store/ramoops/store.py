@@ -399,6 +399,12 @@ class RamoopsStore(Store):
             attrs["ecc_unrecoverable_blocks"] = str(bad)
         return attrs
 
+    @property
+    def decodes_elsewhere(self) -> bool:
+        """Not with ECC: decoding learns each record's ECC counts (its attributes),
+        which what another process sends back does not carry."""
+        return super().decodes_elsewhere and self._codec is None
+
     def _decode(self, record: Record) -> Decoded:
         if record.type is PstoreType.DMESG:
             decoded, corrected, bad = self._dmesg_body(record)
