@@ -257,9 +257,10 @@ def _sent(fd: int, parts: list[bytes]) -> bool:
     daemon stopped reading."""
     try:
         written = os.writev(fd, parts)
-        rest = memoryview(b"".join(parts))[written:]
-        while rest:
-            rest = rest[os.write(fd, rest):]
+        if written < sum(map(len, parts)):  # joined only for the rare short write
+            rest = memoryview(b"".join(parts))[written:]
+            while rest:
+                rest = rest[os.write(fd, rest):]
     except BrokenPipeError:
         return False
     return True
