@@ -407,7 +407,11 @@ class Operations(pyfuse3.Operations):
         self._check_erasable(parent_inode)
         if not self.ownership.may_erase(ctx.uid):
             raise pyfuse3.FUSEError(errno.EPERM)
-        async with self._erase_lock:
+        try:  # an rm at a time, and no trip through the scheduler for the first
+            self._erase_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._erase_lock.acquire()
+        try:
             inode = await self._find(parent_inode, name)
             if (await self._entry(inode)).name != os.fsdecode(name):
                 raise pyfuse3.FUSEError(errno.ENOENT)  # located, not found: see Store.locate
@@ -419,6 +423,8 @@ class Operations(pyfuse3.Operations):
                 await in_thread(self.store, self._before_erase)
             await self._eraser.erase(self._files[self._index(inode)])
             self._listed.discard(self._index(inode))
+        finally:
+            self._erase_lock.release()
 
     # -- extended attributes: what the store knows of a record ---------------------------
     async def _xattrs(self, inode: int) -> dict[str, str]:
