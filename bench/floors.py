@@ -22,6 +22,24 @@ KMSG_MAGIC = 0x4DFC3AE5  # PSTORE_KMSG_HEADER_MAGIC
 PROBE = 12 + 40  # struct psz_buffer + the largest struct psz_kmsg_header
 
 
+class Zones:
+    """rm's writes without pstorefs on an image of the workload `meta` (its index):
+    `erase(n)` makes `datalen` = 0 in the zone of the n-th record, durably (one pwrite,
+    one fdatasync)."""
+
+    def __init__(self, image: str, meta: dict) -> None:
+        self.fd = os.open(image, os.O_RDWR)
+        self.datalens = [off - PROBE + 4 for off, _ in meta["payloads"]]
+        assert all(at % meta["kmsg_size"] == 4 for at in self.datalens)
+
+    def erase(self, n: int) -> None:
+        os.pwrite(self.fd, bytes(4), self.datalens[n])
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def _maxrss() -> int:
     """This process's peak RSS (VmHWM: getrusage's ru_maxrss would carry the parent's
     from before the exec)."""
@@ -75,18 +93,13 @@ def fsync(index: str, image: str) -> dict:
     filesystem as pstorefs' copy)."""
     with open(index) as fh:
         meta = json.load(fh)
-    zone = meta["kmsg_size"]
-    zero = bytes(4)
-    fd = os.open(image, os.O_RDWR)
-    offsets = [off - 12 - 40 + 4 for off, _ in meta["payloads"]]
+    zones = Zones(image, meta)
     t0 = time.perf_counter()
-    for at in offsets:
-        os.pwrite(fd, zero, at)
-        os.fdatasync(fd)
+    for at in range(len(zones.datalens)):
+        zones.erase(at)
     seconds = time.perf_counter() - t0
-    os.close(fd)
-    assert all(at % zone == 4 for at in offsets)
-    return {"seconds": seconds, "zones": len(offsets), "maxrss_kib": _maxrss()}
+    zones.close()
+    return {"seconds": seconds, "zones": len(zones.datalens), "maxrss_kib": _maxrss()}
 
 
 def main(argv: list[str]) -> None:

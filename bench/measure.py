@@ -172,13 +172,15 @@ def start_pstorefs(image: str, mnt: str, options: str, pin: bool = False
     return Mount("pstorefs", mnt, pids[0]), seconds
 
 
-def start_noop(index: str, mnt: str, pin: bool = False, store: bool = False
-               ) -> tuple[Mount, float]:
+def start_noop(index: str, mnt: str, pin: bool = False, store: bool = False,
+               erase: str | None = None) -> tuple[Mount, float]:
     """The no-op filesystem, started and waited for the same way (with `store`, its
-    `--store` variant, kind "noop-store")."""
+    `--store` variant, kind "noop-store"; with `erase`, `rm` erasing that image as
+    pstorefs does, kind "noop-erase")."""
     read_end, write_end = os.pipe()
     t0 = time.perf_counter()
-    argv = ["--store"] * store + [index, mnt, str(write_end)]
+    argv = ["--store"] * store + ["--erase", erase] * bool(erase) + [index, mnt,
+                                                                    str(write_end)]
     proc = subprocess.Popen(pinned(python("noopfs.py", *argv), pin),
                             pass_fds=(write_end,), env=ENV)
     os.close(write_end)
@@ -191,7 +193,8 @@ def start_noop(index: str, mnt: str, pin: bool = False, store: bool = False
         raise BenchError(f"noopfs did not start: rc {proc.returncode}")
     first_readdir(mnt)
     seconds = time.perf_counter() - t0
-    return Mount("noop-store" if store else "noop", mnt, proc.pid, proc), seconds
+    kind = "noop-store" if store else "noop-erase" if erase else "noop"
+    return Mount(kind, mnt, proc.pid, proc), seconds
 
 
 PEERS = {"squashfuse_ll": "squashfuse", "squashfs": "squashfs-tools"}

@@ -1,7 +1,7 @@
 """A no-op pyfuse3 filesystem with the same files as a workload: the cost of FUSE in
 Python itself, to split each pstorefs figure into FUSE overhead and pstorefs' own work.
 
-    noopfs.py [--store] INDEX MOUNTPOINT READY_FD
+    noopfs.py [--store] [--erase IMAGE] INDEX MOUNTPOINT READY_FD
 
 Same names, sizes and mtimes as pstorefs shows (from the workload's index), and the
 best protocol choices pyfuse3 allows for them: readdirplus with attributes from memory,
@@ -11,13 +11,18 @@ than `user.` (so `ls -l` asks once per mount, not twice per file), ENODATA withi
 trio and pyfuse3's default worker count. Contents are zeros; `unlink` only forgets the
 name. With `--store`, `open` hands the file's zeros to the kernel's page cache
 (`notify_store`) before it replies, as pstorefs does with a body, so that `cat` makes
-no READ: the floor of a filesystem answering two requests per file (LOOKUP, OPEN). Writes "ok"
+no READ: the floor of a filesystem answering two requests per file (LOOKUP, OPEN). With
+`--erase`, `unlink` also makes the record's zone in IMAGE empty as `rm` on pstorefs does
+(`datalen` = 0, durable before the reply), handed to a worker thread by pstorefs' own
+`Eraser`, so that a stalled device would not freeze the mount: the floor of a stall-safe
+`rm`, with nothing else of pstorefs' work (no record to find, decode or check). Writes "ok"
 to READY_FD once mounted (as pstorefs' parent waits for its daemon), then serves in the
 foreground until unmounted or sent SIGTERM.
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -28,6 +33,7 @@ import time
 
 import pyfuse3
 import trio
+from floors import Zones
 
 TIMEOUT = 300.0
 
@@ -53,9 +59,13 @@ class NoopOps(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, names: list[str], sizes: list[int], mtimes: list[int],
-                 store: bool = False) -> None:
+                 store: bool = False, zones: Zones | None = None) -> None:
         super().__init__()
         self.store = store
+        self.eraser = None
+        if zones is not None:  # imported only here: pstorefs' imports are not the floor's
+            from pstorefs.fs.erase import Eraser
+            self.eraser = Eraser(zones)  # type: ignore[arg-type]
         self.stored: set[int] = set()
         """Inodes whose zeros the kernel's page cache holds (`--store`)."""
         self.names = [n.encode() for n in names]
@@ -127,6 +137,8 @@ class NoopOps(pyfuse3.Operations):
         inode = self.by_name.pop(name, None)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        if self.eraser is not None:
+            await self.eraser.erase(inode - pyfuse3.ROOT_INODE - 1)  # type: ignore[arg-type]
         self.listed.discard(inode - pyfuse3.ROOT_INODE - 1)
 
     async def getxattr(self, inode, name, ctx):
@@ -165,11 +177,18 @@ async def _serve(ready_fd: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    store = argv[:1] == ["--store"]
-    index, mountpoint, ready_fd = argv[store], argv[store + 1], int(argv[store + 2])
-    with open(index) as fh:
+    p = argparse.ArgumentParser(prog="noopfs.py")
+    p.add_argument("--store", action="store_true")
+    p.add_argument("--erase", metavar="IMAGE")
+    p.add_argument("index")
+    p.add_argument("mountpoint")
+    p.add_argument("ready_fd", type=int)
+    args = p.parse_args(argv)
+    with open(args.index) as fh:
         meta = json.load(fh)
-    ops = NoopOps(meta["names"], meta["sizes"], meta["mtimes_ns"], store)
+    zones = Zones(args.erase, meta) if args.erase else None
+    ops = NoopOps(meta["names"], meta["sizes"], meta["mtimes_ns"], args.store, zones)
+    mountpoint, ready_fd = args.mountpoint, args.ready_fd
     counts = os.environ.get("NOOPFS_COUNTS")
     if counts:
         for name in ("lookup", "getattr", "opendir", "readdir", "releasedir", "open",
