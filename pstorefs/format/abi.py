@@ -196,6 +196,7 @@ keeps the CPU in `ip`: `arm` is `le32`, the NR_CPUS > 4 kernel; name `le32-cpuip
 `le32-cpuip1` for the others (or let auto-detection tell them from the ftrace records)."""
 
 
+@cache
 def byte_order_abi(little_endian: bool) -> Abi:
     """An ABI of that byte order, for structs that read the same on all of them (the
     zone header, the ramoops header)."""
@@ -284,8 +285,10 @@ def offsetof(definition: Struct, name: str) -> int:
     raise KeyError(f"no field {name!r} in {definition!r}")
 
 
+@cache
 def field_span(definition: Struct, name: str) -> tuple[int, int]:
-    """(offset, size) of field `name` in a fixed-size construct `Struct`."""
+    """(offset, size) of field `name` in a fixed-size construct `Struct` (asked per
+    zone while listing: kept, as the structs it is asked of are)."""
     member = next(m for m in definition.subcons if getattr(m, "name", None) == name)
     return offsetof(definition, name), member.sizeof()
 
