@@ -58,28 +58,29 @@ class Probes:
         hole of a sparse image is zeros, and is not read. `until_unsigned`: the dmesg
         zones end at the first one without a signature, as the blkoops RFC's recovery
         ends (its zones are used in order from 0)."""
-        def probe(zone: Zone) -> bytes | None:
-            length = _KMSG_PROBE if zone.type is PstoreType.DMESG else PSZ_BUFFER_SIZE
+        def probe(prefix: str, index: int, offset: int, length: int) -> bytes | None:
             try:
-                return device.read(zone.offset, min(length, zone.size))
+                return device.read(offset, length)
             except DeviceError as exc:
-                log.error("%s zone %d at %#x: %s: skipped", zone.type.file_prefix,
-                          zone.index, zone.offset, exc)
+                log.error("%s zone %d at %#x: %s: skipped", prefix, index, offset, exc)
                 return None
 
-        rings = {zone: raw for zone in zones.rings if (raw := probe(zone)) is not None}
+        rings = {zone: raw for zone in zones.rings
+                 if (raw := probe(zone.type.file_prefix, zone.index, zone.offset,
+                                  min(PSZ_BUFFER_SIZE, zone.size))) is not None}
         dmesg: dict[int, bytes] = {}
         foreign: list[tuple[Zone, bytes]] = []
         if not zones.dmesg_count:
             return cls(zones, rings, dmesg)
         first = zones.dmesg(0)
+        length = min(_KMSG_PROBE, first.size)
         slots = data_slots(device.next_data, zones.dmesg_count, first.offset, first.size,
-                           min(_KMSG_PROBE, first.size))
+                           length)
         for expected, index in enumerate(slots):
             if until_unsigned and index != expected:
                 break  # the zone before lies in a hole: zeros, no signature
-            zone = zones.dmesg(index)
-            raw = probe(zone)
+            # by offset: a zone object for each of thousands would cost more than its read
+            raw = probe("dmesg", index, first.offset + index * first.size, length)
             if raw is None:
                 continue
             if opens_with_signature(raw, PstoreType.DMESG):
@@ -87,7 +88,7 @@ class Probes:
             elif until_unsigned:
                 break
             elif len(foreign) < _FOREIGN_KEPT and signature_type(raw) is not None:
-                foreign.append((zone, raw))
+                foreign.append((zones.dmesg(index), raw))
         return cls(zones, rings, dmesg, foreign)
 
     def little_endian(self) -> bool:

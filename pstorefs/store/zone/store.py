@@ -184,10 +184,10 @@ class ZoneStore(Store):
     def _detect_abi(self, probes: Probes) -> tuple[Abi, str | None]:
         """The writer's ABI, from its dmesg headers and ftrace records."""
         first = self.zones.dmesg(0)  # every dmesg zone has its header size and room
-        kmsg_headers = [raw[first.header_size:] for _, sig, datalen, _, raw
+        dmesg, skip, room = zone_sig(PstoreType.DMESG), first.header_size, first.buffer_size
+        kmsg_headers = [raw[skip:] for _, sig, datalen, _, raw
                         in probes.dmesg_fields(self._byte_order)
-                        if sig == zone_sig(PstoreType.DMESG)
-                        and 0 < datalen <= first.buffer_size]
+                        if sig == dmesg and 0 < datalen <= room]
         ftrace_zones = []
         for zone, raw in probes.rings.items():
             header = self._header(zone, raw)
@@ -222,12 +222,13 @@ class ZoneStore(Store):
         """The records, as `psz_recovery` + `psz_pstore_read` find them."""
         first = self.zones.dmesg(0)  # every dmesg zone has its header size and room
         width = first.header_size + self._kmsg_header_size
+        dmesg, room = zone_sig(PstoreType.DMESG), first.buffer_size
+        blkoops = self.geometry.format is ZoneFormat.BLKOOPS
         ids, heads = array("q"), bytearray()
         for index, sig, datalen, magic, raw in probes.dmesg_fields(self._byte_order):
-            if (self.geometry.format is ZoneFormat.BLKOOPS
-                    and sig != zone_sig(PstoreType.DMESG)):
+            if blkoops and sig != dmesg:
                 break  # blkz_recover_dmesg_meta: zones are used in order, none after
-            if kmsg_zone_ok(ZoneHeader(sig, datalen, 0), magic, self.abi, first.buffer_size):
+            if kmsg_zone_ok(ZoneHeader(sig, datalen, 0), magic, self.abi, room):
                 ids.append(index)
                 heads += raw[:width]
         rings = []
