@@ -28,6 +28,7 @@ class Zones:
     one fdatasync)."""
 
     def __init__(self, image: str, meta: dict) -> None:
+        self.image = image
         self.fd = os.open(image, os.O_RDWR)
         self.datalens = [off - PROBE + 4 for off, _ in meta["payloads"]]
         assert all(at % meta["kmsg_size"] == 4 for at in self.datalens)
@@ -38,6 +39,10 @@ class Zones:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def describe(self) -> str:
+        """What an error names (as a store's `describe`, for pstorefs' `Eraser`)."""
+        return f"{self.image}: the rm floor's image"
 
 
 def _maxrss() -> int:

@@ -22,7 +22,6 @@ foreground until unmounted or sent SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import os
@@ -30,10 +29,13 @@ import signal
 import stat
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
-from floors import Zones
+
+if TYPE_CHECKING:
+    from floors import Zones
 
 TIMEOUT = 300.0
 
@@ -63,6 +65,8 @@ class NoopOps(pyfuse3.Operations):
         super().__init__()
         self.store = store
         self.eraser = None
+        self.erasing = trio.Lock()
+        """`rm`s one at a time, as pstorefs' `unlink` hands them to its `Eraser`."""
         if zones is not None:  # imported only here: pstorefs' imports are not the floor's
             from pstorefs.fs.erase import Eraser
             self.eraser = Eraser(zones)  # type: ignore[arg-type]
@@ -138,7 +142,8 @@ class NoopOps(pyfuse3.Operations):
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         if self.eraser is not None:
-            await self.eraser.erase(inode - pyfuse3.ROOT_INODE - 1)  # type: ignore[arg-type]
+            async with self.erasing:
+                await self.eraser.erase(inode - pyfuse3.ROOT_INODE - 1)  # type: ignore[arg-type]
         self.listed.discard(inode - pyfuse3.ROOT_INODE - 1)
 
     async def getxattr(self, inode, name, ctx):
@@ -177,18 +182,15 @@ async def _serve(ready_fd: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="noopfs.py")
-    p.add_argument("--store", action="store_true")
-    p.add_argument("--erase", metavar="IMAGE")
-    p.add_argument("index")
-    p.add_argument("mountpoint")
-    p.add_argument("ready_fd", type=int)
-    args = p.parse_args(argv)
-    with open(args.index) as fh:
+    *flags, index, mountpoint, ready = argv  # by hand: argparse would weigh on the floor
+    with open(index) as fh:
         meta = json.load(fh)
-    zones = Zones(args.erase, meta) if args.erase else None
-    ops = NoopOps(meta["names"], meta["sizes"], meta["mtimes_ns"], args.store, zones)
-    mountpoint, ready_fd = args.mountpoint, args.ready_fd
+    zones = None
+    if "--erase" in flags:
+        from floors import Zones
+        zones = Zones(flags[flags.index("--erase") + 1], meta)
+    ops = NoopOps(meta["names"], meta["sizes"], meta["mtimes_ns"], "--store" in flags, zones)
+    ready_fd = int(ready)
     counts = os.environ.get("NOOPFS_COUNTS")
     if counts:
         for name in ("lookup", "getattr", "opendir", "readdir", "releasedir", "open",

@@ -407,6 +407,7 @@ class Operations(pyfuse3.Operations):
         self._check_erasable(parent_inode)
         if not self.ownership.may_erase(ctx.uid):
             raise pyfuse3.FUSEError(errno.EPERM)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled rm erases nothing
         try:  # an rm at a time, and no trip through the scheduler for the first
             self._erase_lock.acquire_nowait()
         except trio.WouldBlock:

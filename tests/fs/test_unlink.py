@@ -442,6 +442,21 @@ async def test_an_erase_that_stalls_leaves_the_loop_serving(open_ops, monkeypatc
 
 
 
+async def test_a_cancelled_rm_erases_nothing(open_ops) -> None:
+    """An rm whose handler is cancelled before it starts (the mount ending) writes
+    nothing, though the erase lock is free and the record known without a wait."""
+    m = open_ops(KMSG)
+    name = sorted(KMSG.files)[0].encode()
+    await m.ops.lookup(ROOT, name, CTX)
+    before = m.image.read_bytes()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await m.ops.unlink(ROOT, name, CTX)
+    assert scope.cancelled_caught
+    assert m.image.read_bytes() == before
+    await m.ops.lookup(ROOT, name, CTX)  # still there
+
+
 async def test_an_unmount_waits_for_the_erase_under_way(open_ops) -> None:
     """Cancelling `unlink` while the device holds its erase (pyfuse3.main ending on an
     exception in another handler cancels the rest, and `mount` then closes the store)
