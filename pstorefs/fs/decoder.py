@@ -19,8 +19,10 @@ import ctypes
 import fcntl
 import logging
 import os
+import select
 import signal
 import struct
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -47,6 +49,16 @@ SEND_AT = 256 << 10
 SEND_PARTS = 512
 """The results of a batch go back together (one wake-up of the daemon for them all),
 in writes of about this many bytes, or of this many pieces (writev takes 1,024)."""
+
+AWAKE = 0.002
+"""How long the process stays awake (spinning) for the next batch of a reader's pass,
+where it may run on more than one CPU. A CPU it leaves idle between batches is where
+the scheduler wakes the reader or the daemon, apart from the other: every request
+then wakes the daemon on another CPU, which costs more than decoding
+(docs/decode-process.md). Batches of a reader's pass come every 2 ms or so."""
+
+_AWAKE_MARK = 0xFFFFFFFF
+"""In the requests, before a batch: stay awake for the next one (`AWAKE`)."""
 
 _HEADER = struct.Struct("<IIBB")
 """A decoded record: its index, its body's length, flags, and its compressor's name's
@@ -115,14 +127,16 @@ class DecodeProcess:
         """Whether to ask it: alive, and not behind."""
         return self.alive and not self.behind
 
-    def ask(self, indexes: Sequence[int]) -> bool:
-        """Have these records decoded, in this order. False if not asked: the process
-        is gone, or so far behind that its requests pipe is full (it is then `behind`);
-        the daemon decodes them itself."""
+    def ask(self, indexes: Sequence[int], *, awake: bool = False) -> bool:
+        """Have these records decoded, in this order; `awake`: they are a reader's, and
+        more will follow soon (`AWAKE`). False if not asked: the process is gone, or so
+        far behind that its requests pipe is full (it is then `behind`); the daemon
+        decodes them itself."""
         if not self.usable:
             return False
+        words = [_AWAKE_MARK, *indexes] if awake else list(indexes)
         try:  # a batch is far below PIPE_BUF: written whole, or not at all
-            os.write(self._requests, struct.pack(f"<{len(indexes)}I", *indexes))
+            os.write(self._requests, struct.pack(f"<{len(words)}I", *words))
         except BlockingIOError:
             self.behind = True
             return False
@@ -218,13 +232,20 @@ def _serve(store: Store, records: Files, requests: int, results: int,
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    spins = len(os.sched_getaffinity(0)) > 1
+    os.set_blocking(requests, not spins)
     pending = b""
-    while chunk := os.read(requests, REQUESTS_PIPE):
+    awake = False
+    while chunk := _next_requests(requests, awake and spins):
         pending += chunk
         whole = len(pending) - len(pending) % 4
         parts: list[bytes] = []
         size = 0
+        awake = False
         for (index,) in struct.iter_unpack("<I", pending[:whole]):
+            if index == _AWAKE_MARK:
+                awake = True
+                continue
             message = _message(store, records, index)
             parts += message
             size += sum(map(len, message))
@@ -235,6 +256,19 @@ def _serve(store: Store, records: Files, requests: int, results: int,
         if parts and not _sent(results, parts):
             return
         pending = pending[whole:]
+
+
+def _next_requests(requests: int, awake: bool) -> bytes:
+    """The next requests (b"" once the daemon closed the pipe); `awake`: asked for
+    without sleeping for up to `AWAKE` first. The pipe is non-blocking where the
+    process may spin."""
+    until = time.monotonic() + AWAKE if awake else 0.0
+    while True:
+        try:
+            return os.read(requests, REQUESTS_PIPE)
+        except BlockingIOError:
+            if time.monotonic() >= until:
+                select.select([requests], [], [])
 
 
 def _message(store: Store, records: Files, index: int) -> list[bytes]:

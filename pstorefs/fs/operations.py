@@ -371,7 +371,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EACCES)
         index = self._index(inode)
         if inode not in self._open and not self._in_kernel[index]:
-            self._read_ahead.requested(index)
+            self._read_ahead.requested(index, opened=True)
             await self._read_ahead.arrived(index, body=True)
             body = await self._body(inode)
             if (self._open.keep(inode, body) and isinstance(body, bytes)

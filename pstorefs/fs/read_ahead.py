@@ -93,15 +93,20 @@ class ReadAhead:
         self._end = -1
         """The last index of the pass read ahead so far."""
         self._busy = False
+        self._reading = False
+        """Whether records of this pass were opened, not only looked up."""
 
     @property
     def busy(self) -> bool:
         """Whether a batch is being decoded (the next starts only after it)."""
         return self._busy
 
-    def requested(self, index: int) -> None:
-        """Record `index` is looked up or opened: read ahead of it if in order."""
+    def requested(self, index: int, *, opened: bool = False) -> None:
+        """Record `index` is looked up, or `opened`: read ahead of it if in order. A pass
+        in which records are opened is a reader's (`cat *`), not `rm *`'s: the decoding
+        process stays awake between its batches (`DecodeProcess.ask`)."""
         batch = self._next_batch(index)
+        self._reading |= opened
         if not batch:
             return
         if self.decoder is not None and self.decoder.usable:
@@ -110,7 +115,7 @@ class ReadAhead:
                 trio.lowlevel.spawn_system_task(logged(functools.partial(self._receive,
                                                                          self.decoder)))
             if self.decoder.ask([ahead for ahead in batch if self._store.body(
-                    self._files[ahead], wait=False) is None]):
+                    self._files[ahead], wait=False) is None], awake=self._reading):
                 self._end = batch[-1]
                 return
         self._end, self._busy = batch[-1], True
@@ -167,6 +172,7 @@ class ReadAhead:
         self._last = index
         if not self._end - READ_AHEAD <= index <= self._end + 1:
             self._end = index  # a new pass, or a jump: read ahead from here on
+            self._reading = False
         if index < 0 or not in_order or self._busy or index + READ_AHEAD // 2 <= self._end:
             return []
         batch, size = [], 0

@@ -123,6 +123,93 @@ def test_a_thousand_records_at_once_come_back() -> None:
         assert all(got[i] == store.decode(r) for i, r in enumerate(store.records))
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time `pid` used so far (user and system)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_after(decoder: DecodeProcess, indexes: list[int], awake: bool,
+              window: float = 0.4) -> float:
+    """The share of one CPU the process used in the `window` after sending back a
+    batch asked for with `awake`."""
+    assert decoder.ask(indexes, awake=awake)
+    deadline = time.monotonic() + 30
+    while any(decoder.on_the_way(i) for i in indexes):
+        assert time.monotonic() < deadline, "the batch never came back"
+        select.select([decoder.results], [], [], 0.5)
+        decoder.take()
+    before = cpu_seconds(decoder.pid)
+    time.sleep(window)
+    return (cpu_seconds(decoder.pid) - before) / window
+
+
+@pytest.mark.parametrize("cpus", [2, 1])
+def test_after_a_readers_batch_it_stays_awake_for_the_next(monkeypatch, cpus: int) -> None:
+    """After a batch asked for `awake` (a reader's pass) the process spins for `AWAKE`
+    rather than sleeping, keeping its CPU busy, so that the scheduler keeps the reader
+    and the daemon together on another; after any other batch it sleeps at once. With
+    a single CPU to run on it never spins: it would take that CPU from them."""
+    if len(os.sched_getaffinity(0)) < cpus:
+        pytest.fail(f"this test needs {cpus} CPUs")
+    monkeypatch.setattr("pstorefs.fs.decoder.AWAKE", 0.6)  # read by the forked process
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(allowed)[:cpus])
+    try:
+        with case_store("linux6.12-kmsg8-deflate-5oops") as store:
+            decoder = DecodeProcess.fork(store, list(store.records))
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert decoder is not None
+    try:
+        asleep = cpu_after(decoder, [0, 1], awake=False)
+        spinning = cpu_after(decoder, [2, 3], awake=True)
+    finally:
+        decoder.stop()
+    assert asleep < 0.1
+    if cpus > 1:
+        assert spinning > 0.5, f"awake, it used {spinning:.0%} of a CPU"
+    else:
+        assert spinning < 0.1, f"on one CPU, it used {spinning:.0%} of it"
+
+
+async def test_a_pass_that_opens_records_asks_awake_and_one_that_removes_does_not(
+        tmp_path: Path) -> None:
+    """`cat *` opens the records it looks up: its batches after the first are asked for
+    `awake`. `rm *` only looks them up: its batches let the process sleep between
+    them. (A synthetic partition: a pass needs several batches.)"""
+    w = ZoneWriter(X86_64, 128 * 4096, kmsg_size=4096)
+    for n in range(128):
+        w.dmesg(f"Oops#{n} Part1\n".encode() * 8)
+    path = tmp_path / "many.bin"
+    path.write_bytes(bytes(w.image))
+    with closing(ZoneStore(Device(str(path), read_only=True), Geometry(kmsg_size=4096),
+                           name="pstore_blk")) as store, decoding(store) as decoder:
+        records = list(store.records)
+        asked: list[bool] = []
+        ask = decoder.ask
+
+        def recording(indexes: list[int], *, awake: bool = False) -> bool:
+            asked.append(awake)
+            return ask(indexes, awake=awake)
+
+        decoder.ask = recording  # type: ignore[method-assign]
+        for opens in (True, False):
+            read_ahead = ReadAhead(store, Files(records, []), Listed(len(records)),
+                                   len(records))
+            read_ahead.decoder = decoder
+            asked.clear()
+            for index in range(len(records)):
+                read_ahead.requested(index)
+                if opens:
+                    read_ahead.requested(index, opened=True)
+                while any(decoder.on_the_way(i) for i in range(len(records))):
+                    select.select([decoder.results], [], [], 0.5)
+                    decoder.take()
+            assert len(asked) > 3 and asked[1:] == [opens] * (len(asked) - 1), asked
+
+
 def test_once_given_up_nothing_is_asked_until_all_is_back() -> None:
     """A process gone slow (a stalled device) is not asked for more, so that no request
     waits for it again, until what it was asked for came back."""
