@@ -94,7 +94,7 @@ class DecodeProcess:
         """Start the process for `records` of `store`: to be called with no other
         thread running (a lock held across the fork would stay held in the child).
         None where it cannot help (`Store.decodes_elsewhere`) or the fork failed."""
-        if not store.decodes_elsewhere:
+        if not store.decodes_elsewhere or len(records) >= _AWAKE_MARK:
             return None
         requests_read, requests = os.pipe2(os.O_CLOEXEC)
         results, results_write = os.pipe2(os.O_CLOEXEC)
@@ -134,6 +134,8 @@ class DecodeProcess:
         decodes them itself."""
         if not self.usable:
             return False
+        if not indexes:
+            return True
         words = [_AWAKE_MARK, *indexes] if awake else list(indexes)
         try:  # a batch is far below PIPE_BUF: written whole, or not at all
             os.write(self._requests, struct.pack(f"<{len(words)}I", *words))
@@ -232,10 +234,10 @@ def _serve(store: Store, records: Files, requests: int, results: int,
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    spins = len(os.sched_getaffinity(0)) > 1
+    spins = _cpus() > 1
     os.set_blocking(requests, not spins)
     pending = b""
-    awake = False
+    awake = False  # by read, not by batch: a plain batch read with a reader's costs AWAKE
     while chunk := _next_requests(requests, awake and spins):
         pending += chunk
         whole = len(pending) - len(pending) % 4
@@ -263,12 +265,35 @@ def _next_requests(requests: int, awake: bool) -> bytes:
     without sleeping for up to `AWAKE` first. The pipe is non-blocking where the
     process may spin."""
     until = time.monotonic() + AWAKE if awake else 0.0
+    readable = select.poll()
+    readable.register(requests, select.POLLIN)
     while True:
         try:
             return os.read(requests, REQUESTS_PIPE)
         except BlockingIOError:
             if time.monotonic() >= until:
-                select.select([requests], [], [])
+                readable.poll()
+
+
+def _cpus() -> float:
+    """How many CPUs the process may keep busy: those its affinity allows, fewer where
+    a cgroup (v2) caps its CPU time (`CPUQuota=`, a container's `cpu.max`). Spinning
+    within a cap of one CPU or less would take the daemon's own time."""
+    cpus: float = len(os.sched_getaffinity(0))
+    try:
+        with open("/proc/self/cgroup") as fh:
+            group = next(line[3:].strip() for line in fh if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return cpus
+    path = "/sys/fs/cgroup" + group.rstrip("/")
+    while path.startswith("/sys/fs/cgroup/"):
+        with contextlib.suppress(OSError, ValueError):
+            with open(f"{path}/cpu.max") as fh:
+                quota, period = fh.read().split()
+            if quota != "max":
+                cpus = min(cpus, int(quota) / int(period))
+        path = os.path.dirname(path)
+    return cpus
 
 
 def _message(store: Store, records: Files, index: int) -> list[bytes]:

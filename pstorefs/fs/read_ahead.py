@@ -93,8 +93,8 @@ class ReadAhead:
         self._end = -1
         """The last index of the pass read ahead so far."""
         self._busy = False
-        self._reading = False
-        """Whether records of this pass were opened, not only looked up."""
+        self._opened = False
+        """Whether a record was opened, not only looked up, since the last batch."""
 
     @property
     def busy(self) -> bool:
@@ -102,11 +102,12 @@ class ReadAhead:
         return self._busy
 
     def requested(self, index: int, *, opened: bool = False) -> None:
-        """Record `index` is looked up, or `opened`: read ahead of it if in order. A pass
-        in which records are opened is a reader's (`cat *`), not `rm *`'s: the decoding
-        process stays awake between its batches (`DecodeProcess.ask`)."""
+        """Record `index` is looked up, or `opened`: read ahead of it if in order. Where
+        records were opened since the last batch, the pass is a reader's (`cat *`), not
+        `rm *`'s: the decoding process stays awake for its next batch
+        (`DecodeProcess.ask`)."""
+        self._opened |= opened
         batch = self._next_batch(index)
-        self._reading |= opened
         if not batch:
             return
         if self.decoder is not None and self.decoder.usable:
@@ -114,8 +115,9 @@ class ReadAhead:
                 self._receiving = True
                 trio.lowlevel.spawn_system_task(logged(functools.partial(self._receive,
                                                                          self.decoder)))
+            awake, self._opened = self._opened, False
             if self.decoder.ask([ahead for ahead in batch if self._store.body(
-                    self._files[ahead], wait=False) is None], awake=self._reading):
+                    self._files[ahead], wait=False) is None], awake=awake):
                 self._end = batch[-1]
                 return
         self._end, self._busy = batch[-1], True
@@ -172,7 +174,6 @@ class ReadAhead:
         self._last = index
         if not self._end - READ_AHEAD <= index <= self._end + 1:
             self._end = index  # a new pass, or a jump: read ahead from here on
-            self._reading = False
         if index < 0 or not in_order or self._busy or index + READ_AHEAD // 2 <= self._end:
             return []
         batch, size = [], 0

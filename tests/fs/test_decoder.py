@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from helpers.cases import BACKEND_CASES, CASES
-from helpers.machine import alive
+from helpers.machine import alive, require
 from helpers.zone_writer import ZoneWriter
 from pstorefs.cli.options import parse_options
 from pstorefs.format.abi import X86_64
@@ -131,7 +131,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def cpu_after(decoder: DecodeProcess, indexes: list[int], awake: bool,
-              window: float = 0.4) -> float:
+              window: float = 0.5) -> float:
     """The share of one CPU the process used in the `window` after sending back a
     batch asked for with `awake`."""
     assert decoder.ask(indexes, awake=awake)
@@ -151,9 +151,8 @@ def test_after_a_readers_batch_it_stays_awake_for_the_next(monkeypatch, cpus: in
     rather than sleeping, keeping its CPU busy, so that the scheduler keeps the reader
     and the daemon together on another; after any other batch it sleeps at once. With
     a single CPU to run on it never spins: it would take that CPU from them."""
-    if len(os.sched_getaffinity(0)) < cpus:
-        pytest.fail(f"this test needs {cpus} CPUs")
-    monkeypatch.setattr("pstorefs.fs.decoder.AWAKE", 0.6)  # read by the forked process
+    require(len(os.sched_getaffinity(0)) >= cpus, f"{cpus} CPUs")
+    monkeypatch.setattr("pstorefs.fs.decoder.AWAKE", 2.0)  # read by the forked process
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, sorted(allowed)[:cpus])
     try:
@@ -168,17 +167,20 @@ def test_after_a_readers_batch_it_stays_awake_for_the_next(monkeypatch, cpus: in
     finally:
         decoder.stop()
     assert asleep < 0.1
-    if cpus > 1:
-        assert spinning > 0.5, f"awake, it used {spinning:.0%} of a CPU"
+    if cpus > 1:  # a share of a CPU even beside other work (SCHED_BATCH, as fair as any)
+        assert spinning > 0.3, f"awake, it used {spinning:.0%} of a CPU"
     else:
         assert spinning < 0.1, f"on one CPU, it used {spinning:.0%} of it"
 
 
 async def test_a_pass_that_opens_records_asks_awake_and_one_that_removes_does_not(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch) -> None:
     """`cat *` opens the records it looks up: its batches after the first are asked for
-    `awake`. `rm *` only looks them up: its batches let the process sleep between
-    them. (A synthetic partition: a pass needs several batches.)"""
+    `awake`. `rm *` only looks them up: after its first batch, its batches let the
+    process sleep between them, also right after a `cat` of a few records whose batch
+    ended within its reach (large records: few to a batch). (A synthetic partition: a
+    pass needs several batches.)"""
+    monkeypatch.setattr("pstorefs.fs.read_ahead.READ_AHEAD_BYTES", 1)  # a record a batch
     w = ZoneWriter(X86_64, 128 * 4096, kmsg_size=4096)
     for n in range(128):
         w.dmesg(f"Oops#{n} Part1\n".encode() * 8)
@@ -187,6 +189,8 @@ async def test_a_pass_that_opens_records_asks_awake_and_one_that_removes_does_no
     with closing(ZoneStore(Device(str(path), read_only=True), Geometry(kmsg_size=4096),
                            name="pstore_blk")) as store, decoding(store) as decoder:
         records = list(store.records)
+        for record in records:  # sizes known: each batch stops after a record
+            store.entry(record)
         asked: list[bool] = []
         ask = decoder.ask
 
@@ -195,19 +199,22 @@ async def test_a_pass_that_opens_records_asks_awake_and_one_that_removes_does_no
             return ask(indexes, awake=awake)
 
         decoder.ask = recording  # type: ignore[method-assign]
-        for opens in (True, False):
-            read_ahead = ReadAhead(store, Files(records, []), Listed(len(records)),
-                                   len(records))
-            read_ahead.decoder = decoder
-            asked.clear()
-            for index in range(len(records)):
+        read_ahead = ReadAhead(store, Files(records, []), Listed(len(records)),
+                               len(records))
+        read_ahead.decoder = decoder
+        for count, opens in ((len(records), True), (3, True), (len(records), False)):
+            asked.clear()  # cat *; cat of the first three; rm *
+            for index in range(count):
                 read_ahead.requested(index)
                 if opens:
                     read_ahead.requested(index, opened=True)
+                deadline = time.monotonic() + 30
                 while any(decoder.on_the_way(i) for i in range(len(records))):
+                    assert time.monotonic() < deadline, "a batch never came back"
                     select.select([decoder.results], [], [], 0.5)
                     decoder.take()
-            assert len(asked) > 3 and asked[1:] == [opens] * (len(asked) - 1), asked
+            if count > 3:
+                assert len(asked) > 3 and asked[1:] == [opens] * (len(asked) - 1), asked
 
 
 def test_once_given_up_nothing_is_asked_until_all_is_back() -> None:
