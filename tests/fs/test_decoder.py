@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -130,16 +130,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def until_back(decoder: DecodeProcess, indexes: Iterable[int]) -> None:
+    """Take what comes back until none of `indexes` is on its way any more."""
+    deadline = time.monotonic() + 30
+    while any(decoder.on_the_way(i) for i in indexes):
+        assert time.monotonic() < deadline, "a batch never came back"
+        select.select([decoder.results], [], [], 0.5)
+        decoder.take()
+
+
 def cpu_after(decoder: DecodeProcess, indexes: list[int], awake: bool,
               window: float = 0.5) -> float:
     """The share of one CPU the process used in the `window` after sending back a
     batch asked for with `awake`."""
     assert decoder.ask(indexes, awake=awake)
-    deadline = time.monotonic() + 30
-    while any(decoder.on_the_way(i) for i in indexes):
-        assert time.monotonic() < deadline, "the batch never came back"
-        select.select([decoder.results], [], [], 0.5)
-        decoder.take()
+    until_back(decoder, indexes)
     before = cpu_seconds(decoder.pid)
     time.sleep(window)
     return (cpu_seconds(decoder.pid) - before) / window
@@ -208,11 +213,7 @@ async def test_a_pass_that_opens_records_asks_awake_and_one_that_removes_does_no
                 read_ahead.requested(index)
                 if opens:
                     read_ahead.requested(index, opened=True)
-                deadline = time.monotonic() + 30
-                while any(decoder.on_the_way(i) for i in range(len(records))):
-                    assert time.monotonic() < deadline, "a batch never came back"
-                    select.select([decoder.results], [], [], 0.5)
-                    decoder.take()
+                until_back(decoder, range(len(records)))
             if count > 3:
                 assert len(asked) > 3 and asked[1:] == [opens] * (len(asked) - 1), asked
 
