@@ -3,6 +3,12 @@
     bench/hotspots.py store IMAGE [-o OPTS] [--top N] [--phase PHASE]
         open_store, then entry() (decodes) / read() / find() / attributes() of every
         record, each phase timed; with --top, the phase's cProfile hot spots.
+    bench/hotspots.py handlers IMAGE [-o OPTS]
+        `rm`'s requests without FUSE or a device to wait for: LOOKUP and UNLINK of every
+        record through `Operations`, on copies in /dev/shm (where fdatasync waits for
+        nothing), every size known first; beside them the erase's hand-off alone
+        (pstorefs' `Eraser` around one `pwrite`, as the no-op filesystem's stall-safe
+        floor has it) and `Store.erase` alone. What is left is pstorefs' own work per file.
     bench/hotspots.py daemon IMAGE [-o OPTS] [--top N] [--workload ls|ls2|cat|rm]
         `pstorefs -f` under cProfile (its main thread: the event loop and FUSE
         dispatch; decoding runs in worker threads, timed by the store phases), driven
@@ -80,6 +86,82 @@ def store(args: argparse.Namespace) -> None:
     print(f"{n} records; peak RSS {int(hwm) / 1024:.1f} MiB")
 
 
+class _Ctx:
+    """The request context a handler is given: root's."""
+
+    uid = gid = 0
+    umask = 0o022
+    pid = os.getpid()
+
+
+def handlers(args: argparse.Namespace) -> None:
+    import pyfuse3
+    import trio
+
+    from pstorefs.cli.options import parse_options
+    from pstorefs.fs import Operations, Ownership
+    from pstorefs.fs.erase import Eraser
+    from pstorefs.store import open_store
+
+    config = parse_options(args.options).store
+    tmp = Path(tempfile.mkdtemp(prefix="pstorefs-handlers.", dir="/dev/shm"))
+    try:
+        def opened() -> tuple:
+            copy = tmp / "copy.img"
+            shutil.copyfile(args.image, copy)
+            store = open_store(str(copy), config)
+            for record in store.records:
+                store.entry(record)  # sizes known: no decoding timed
+            return store, [store.entry(r).name.encode() for r in store.records]
+
+        store, names = opened()
+        ops = Operations(store, Ownership(), read_only=False)
+        n = len(names)
+
+        async def each(handler) -> float:
+            t0 = time.perf_counter()
+            for name in names:
+                await handler(pyfuse3.ROOT_INODE, name, _Ctx())
+            return time.perf_counter() - t0
+
+        lookup = trio.run(each, ops.lookup)
+        unlink = trio.run(each, ops.unlink)
+        store.close()
+
+        class Write:  # the no-op filesystem's erase, as `Eraser` expects a store
+            def __init__(self, fd: int) -> None:
+                self.fd = fd
+
+            def erase(self, at: int) -> None:
+                os.pwrite(self.fd, bytes(4), at * 4096)
+
+        fd = os.open(tmp / "copy.img", os.O_RDWR)
+        eraser = Eraser(Write(fd))  # type: ignore[arg-type]
+
+        async def hand_offs() -> float:
+            t0 = time.perf_counter()
+            for at in range(n):
+                await eraser.erase(at)  # type: ignore[arg-type]
+            return time.perf_counter() - t0
+
+        hand_off = trio.run(hand_offs)
+        os.close(fd)
+        store, _ = opened()
+        t0 = time.perf_counter()
+        for record in list(store.records):
+            store.erase(record)
+        erase = time.perf_counter() - t0
+        store.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for what, seconds in (("LOOKUP", lookup), ("UNLINK", unlink),
+                          ("hand-off alone (Eraser, one pwrite)", hand_off),
+                          ("Store.erase alone", erase),
+                          ("own work: LOOKUP + UNLINK - hand-off", lookup + unlink - hand_off)):
+        print(f"{what:<40} {seconds / max(n, 1) * 1e6:8.1f} us/file")
+    print(f"{n} records")
+
+
 def _names_offline(args: argparse.Namespace, tmp: Path) -> list[str]:
     """The file names, from the store on a copy of the image (the mount holds the
     image exclusively), so that the workload does not list the mount first."""
@@ -140,17 +222,18 @@ def daemon(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(prog="bench/hotspots.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
-    for name in ("store", "daemon"):
+    for name in ("store", "handlers", "daemon"):
         q = sub.add_parser(name)
         q.add_argument("image")
         q.add_argument("-o", dest="options", action="append", default=[])
-        q.add_argument("--top", type=int, default=0)
+        if name != "handlers":
+            q.add_argument("--top", type=int, default=0)
         if name == "store":
             q.add_argument("--phase", default=None)
-        else:
+        elif name == "daemon":
             q.add_argument("--workload", choices=("ls", "ls2", "cat", "rm"), default="ls")
     args = p.parse_args()
-    (store if args.what == "store" else daemon)(args)
+    {"store": store, "handlers": handlers, "daemon": daemon}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import fcntl
 import logging
 import os
@@ -57,8 +58,31 @@ the scheduler wakes the reader or the daemon, apart from the other: every reques
 then wakes the daemon on another CPU, which costs more than decoding
 (docs/decode-process.md). Batches of a reader's pass come every 2 ms or so."""
 
-_AWAKE_MARK = 0xFFFFFFFF
-"""In the requests, before a batch: stay awake for the next one (`AWAKE`)."""
+REMOVAL_POLICY = os.SCHED_IDLE
+"""The scheduling policy a batch of `rm *` is decoded at (other batches: `SCHED_BATCH`).
+Between its lookups the daemon waits for each erase's sync: at `SCHED_IDLE` the
+process decodes in that time and gives its CPU up at once to whatever wakes there, where
+at `SCHED_BATCH` the daemon's threads and `rm` often waited for it
+(docs/erase-handoff.md). A pass of lookups alone (`stat *`) has no such waits: there
+the process would fall behind. Used only where the process may go back to
+`SCHED_BATCH` (`_may_leave_idle`)."""
+
+
+class PassKind(enum.Enum):
+    """What the pass a batch is asked for does with its records, which decides how the
+    process decodes it."""
+
+    LOOKUP = 0
+    """Looks them up only (`stat *`): decoded at `SCHED_BATCH`, then the process sleeps."""
+    READ = 0xFFFFFFFF
+    """Opens them (`cat *`, systemd-pstore): the process then stays awake (`AWAKE`)."""
+    REMOVE = 0xFFFFFFFE
+    """Removes them (`rm *`): decoded at `REMOVAL_POLICY`."""
+
+
+_MARKS = (PassKind.READ.value, PassKind.REMOVE.value)
+"""Each kind but LOOKUP is marked in the requests by its value before the batch; no
+index reaches them (`DecodeProcess.fork`)."""
 
 _HEADER = struct.Struct("<IIBB")
 """A decoded record: its index, its body's length, flags, and its compressor's name's
@@ -94,7 +118,7 @@ class DecodeProcess:
         """Start the process for `records` of `store`: to be called with no other
         thread running (a lock held across the fork would stay held in the child).
         None where it cannot help (`Store.decodes_elsewhere`) or the fork failed."""
-        if not store.decodes_elsewhere or len(records) >= _AWAKE_MARK:
+        if not store.decodes_elsewhere or len(records) >= min(_MARKS):
             return None
         requests_read, requests = os.pipe2(os.O_CLOEXEC)
         results, results_write = os.pipe2(os.O_CLOEXEC)
@@ -127,16 +151,15 @@ class DecodeProcess:
         """Whether to ask it: alive, and not behind."""
         return self.alive and not self.behind
 
-    def ask(self, indexes: Sequence[int], *, awake: bool = False) -> bool:
-        """Have these records decoded, in this order; `awake`: they are a reader's, and
-        more will follow soon (`AWAKE`). False if not asked: the process is gone, or so
-        far behind that its requests pipe is full (it is then `behind`); the daemon
-        decodes them itself."""
+    def ask(self, indexes: Sequence[int], kind: PassKind = PassKind.LOOKUP) -> bool:
+        """Have these records decoded, in this order, for a pass of that `kind`. False
+        if not asked: the process is gone, or so far behind that its requests pipe is
+        full (it is then `behind`); the daemon decodes them itself."""
         if not self.usable:
             return False
         if not indexes:
             return True
-        words = [_AWAKE_MARK, *indexes] if awake else list(indexes)
+        words = list(indexes) if kind is PassKind.LOOKUP else [kind.value, *indexes]
         try:  # a batch is far below PIPE_BUF: written whole, or not at all
             os.write(self._requests, struct.pack(f"<{len(words)}I", *words))
         except BlockingIOError:
@@ -236,17 +259,27 @@ def _serve(store: Store, records: Files, requests: int, results: int,
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     spins = _cpus() > 1
     os.set_blocking(requests, not spins)
+    idles = _may_leave_idle()
+    policy = os.SCHED_BATCH
     pending = b""
     awake = False  # by read, not by batch: a plain batch read with a reader's costs AWAKE
     while chunk := _next_requests(requests, awake and spins):
         pending += chunk
         whole = len(pending) - len(pending) % 4
+        indexes = [index for (index,) in struct.iter_unpack("<I", pending[:whole])]
+        awake = PassKind.READ.value in indexes
+        removing = PassKind.REMOVE.value in indexes and not awake
+        wanted = REMOVAL_POLICY if removing else os.SCHED_BATCH
+        if idles and wanted != policy:
+            try:
+                os.sched_setscheduler(0, wanted, os.sched_param(0))
+                policy = wanted
+            except OSError:  # refused after all: stay as it is from now on
+                idles = False
         parts: list[bytes] = []
         size = 0
-        awake = False
-        for (index,) in struct.iter_unpack("<I", pending[:whole]):
-            if index == _AWAKE_MARK:
-                awake = True
+        for index in indexes:
+            if index in _MARKS:
                 continue
             message = _message(store, records, index)
             parts += message
@@ -273,6 +306,20 @@ def _next_requests(requests: int, awake: bool) -> bytes:
         except BlockingIOError:
             if time.monotonic() >= until:
                 readable.poll()
+
+
+def _may_leave_idle() -> bool:
+    """Whether the process may go back from `SCHED_IDLE` to `SCHED_BATCH`. That takes
+    the right to raise its priority (CAP_SYS_NICE, or an RLIMIT_NICE that allows its nice
+    value), which an unprivileged daemon lacks: lowering its nice value by one, then
+    restoring it, tells without going anywhere it could not come back from."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice - 1)
+    except OSError:
+        return False
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    return True
 
 
 def _cpus() -> float:

@@ -424,6 +424,7 @@ class Operations(pyfuse3.Operations):
                 await in_thread(self.store, self._before_erase)
             await self._eraser.erase(self._files[self._index(inode)])
             self._listed.discard(self._index(inode))
+            self._read_ahead.removed()
         finally:
             self._erase_lock.release()
 

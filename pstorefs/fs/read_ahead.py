@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pstorefs.fs.decoder import DecodeProcess
+from pstorefs.fs.decoder import DecodeProcess, PassKind
 from pstorefs.fs.errors import ABANDON_ON_CANCEL, logged
 from pstorefs.store import Decoded, Record, Store
 
@@ -95,6 +95,8 @@ class ReadAhead:
         self._busy = False
         self._opened = False
         """Whether a record was opened, not only looked up, since the last batch."""
+        self._removed = False
+        """Whether a record was removed since the last batch."""
 
     @property
     def busy(self) -> bool:
@@ -102,10 +104,10 @@ class ReadAhead:
         return self._busy
 
     def requested(self, index: int, *, opened: bool = False) -> None:
-        """Record `index` is looked up, or `opened`: read ahead of it if in order. Where
-        records were opened since the last batch, the pass is a reader's (`cat *`), not
-        `rm *`'s: the decoding process stays awake for its next batch
-        (`DecodeProcess.ask`)."""
+        """Record `index` is looked up, or `opened`: read ahead of it if in order. What
+        the pass did since the last batch tells the decoding process how to decode the
+        next (`PassKind`): records opened, a reader's (`cat *`); else records removed,
+        `rm *`'s; else lookups alone."""
         self._opened |= opened
         batch = self._next_batch(index)
         if not batch:
@@ -115,9 +117,11 @@ class ReadAhead:
                 self._receiving = True
                 trio.lowlevel.spawn_system_task(logged(functools.partial(self._receive,
                                                                          self.decoder)))
-            awake, self._opened = self._opened, False
+            kind = (PassKind.READ if self._opened else
+                    PassKind.REMOVE if self._removed else PassKind.LOOKUP)
+            self._opened = self._removed = False
             if self.decoder.ask([ahead for ahead in batch if self._store.body(
-                    self._files[ahead], wait=False) is None], awake=awake):
+                    self._files[ahead], wait=False) is None], kind):
                 self._end = batch[-1]
                 return
         self._end, self._busy = batch[-1], True
@@ -130,6 +134,10 @@ class ReadAhead:
                 self._busy = False
 
         trio.lowlevel.spawn_system_task(logged(run))
+
+    def removed(self) -> None:
+        """A record was removed (`rm`): the next batch is a remover's."""
+        self._removed = True
 
     async def arrived(self, index: int, *, body: bool) -> None:
         """If record `index` is on its way from the decoding process and not known yet

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from helpers.zone_writer import ZoneWriter
 from pstorefs.cli.options import parse_options
 from pstorefs.format.abi import X86_64
 from pstorefs.fs import ReadAhead
-from pstorefs.fs.decoder import DecodeProcess
+from pstorefs.fs.decoder import REMOVAL_POLICY, DecodeProcess, PassKind
 from pstorefs.fs.listing import Files, Listed
 from pstorefs.store import Decoded, RangedBody, Store, open_store
 from pstorefs.store.device import Device
@@ -139,11 +140,11 @@ def until_back(decoder: DecodeProcess, indexes: Iterable[int]) -> None:
         decoder.take()
 
 
-def cpu_after(decoder: DecodeProcess, indexes: list[int], awake: bool,
+def cpu_after(decoder: DecodeProcess, indexes: list[int], kind: PassKind,
               window: float = 0.5) -> float:
     """The share of one CPU the process used in the `window` after sending back a
-    batch asked for with `awake`."""
-    assert decoder.ask(indexes, awake=awake)
+    batch asked for a pass of that `kind`."""
+    assert decoder.ask(indexes, kind)
     until_back(decoder, indexes)
     before = cpu_seconds(decoder.pid)
     time.sleep(window)
@@ -152,7 +153,7 @@ def cpu_after(decoder: DecodeProcess, indexes: list[int], awake: bool,
 
 @pytest.mark.parametrize("cpus", [2, 1])
 def test_after_a_readers_batch_it_stays_awake_for_the_next(monkeypatch, cpus: int) -> None:
-    """After a batch asked for `awake` (a reader's pass) the process spins for `AWAKE`
+    """After a batch of a reader's pass (`PassKind.READ`) the process spins for `AWAKE`
     rather than sleeping, keeping its CPU busy, so that the scheduler keeps the reader
     and the daemon together on another; after any other batch it sleeps at once. With
     a single CPU to run on it never spins: it would take that CPU from them."""
@@ -167,8 +168,8 @@ def test_after_a_readers_batch_it_stays_awake_for_the_next(monkeypatch, cpus: in
         os.sched_setaffinity(0, allowed)
     assert decoder is not None
     try:
-        asleep = cpu_after(decoder, [0, 1], awake=False)
-        spinning = cpu_after(decoder, [2, 3], awake=True)
+        asleep = cpu_after(decoder, [0, 1], PassKind.LOOKUP)
+        spinning = cpu_after(decoder, [2, 3], PassKind.READ)
     finally:
         decoder.stop()
     assert asleep < 0.1
@@ -178,13 +179,12 @@ def test_after_a_readers_batch_it_stays_awake_for_the_next(monkeypatch, cpus: in
         assert spinning < 0.1, f"on one CPU, it used {spinning:.0%} of it"
 
 
-async def test_a_pass_that_opens_records_asks_awake_and_one_that_removes_does_not(
-        tmp_path: Path, monkeypatch) -> None:
-    """`cat *` opens the records it looks up: its batches after the first are asked for
-    `awake`. `rm *` only looks them up: after its first batch, its batches let the
-    process sleep between them, also right after a `cat` of a few records whose batch
-    ended within its reach (large records: few to a batch). (A synthetic partition: a
-    pass needs several batches.)"""
+async def test_each_pass_asks_for_its_kind_of_batch(tmp_path: Path, monkeypatch) -> None:
+    """`cat *` opens the records it looks up: its batches after the first are a
+    reader's. `stat *` only looks them up, also right after a `cat` of a few records
+    whose batch ended within its reach (large records: few to a batch). `rm *` removes
+    each after its lookup: its batches after the first are a remover's. (A synthetic
+    partition: a pass needs several batches.)"""
     monkeypatch.setattr("pstorefs.fs.read_ahead.READ_AHEAD_BYTES", 1)  # a record a batch
     w = ZoneWriter(X86_64, 128 * 4096, kmsg_size=4096)
     for n in range(128):
@@ -196,26 +196,78 @@ async def test_a_pass_that_opens_records_asks_awake_and_one_that_removes_does_no
         records = list(store.records)
         for record in records:  # sizes known: each batch stops after a record
             store.entry(record)
-        asked: list[bool] = []
+        asked: list[PassKind] = []
         ask = decoder.ask
 
-        def recording(indexes: list[int], *, awake: bool = False) -> bool:
-            asked.append(awake)
-            return ask(indexes, awake=awake)
+        def recording(indexes: list[int], kind: PassKind = PassKind.LOOKUP) -> bool:
+            asked.append(kind)
+            return ask(indexes, kind)
 
         decoder.ask = recording  # type: ignore[method-assign]
-        read_ahead = ReadAhead(store, Files(records, []), Listed(len(records)),
-                               len(records))
+        listed = Listed(len(records))
+        read_ahead = ReadAhead(store, Files(records, []), listed, len(records))
         read_ahead.decoder = decoder
-        for count, opens in ((len(records), True), (3, True), (len(records), False)):
-            asked.clear()  # cat *; cat of the first three; rm *
+        passes = [("cat *", len(records), PassKind.READ), ("cat", 3, PassKind.READ),
+                  ("stat *", len(records), PassKind.LOOKUP),
+                  ("rm *", len(records), PassKind.REMOVE)]
+        for what, count, kind in passes:
+            asked.clear()
             for index in range(count):
                 read_ahead.requested(index)
-                if opens:
+                if kind is PassKind.READ:
                     read_ahead.requested(index, opened=True)
+                if kind is PassKind.REMOVE:
+                    listed.discard(index)
+                    read_ahead.removed()
                 until_back(decoder, range(len(records)))
             if count > 3:
-                assert len(asked) > 3 and asked[1:] == [opens] * (len(asked) - 1), asked
+                assert len(asked) > 3 and asked[1:] == [kind] * (len(asked) - 1), \
+                    (what, asked)
+
+
+def policies_after(decoder: DecodeProcess, kinds: list[PassKind]) -> list[int]:
+    """The process's scheduling policy after each batch of one record, asked for a
+    pass of each of `kinds` in turn."""
+    policies = []
+    for index, kind in enumerate(kinds):
+        assert decoder.ask([index], kind)
+        until_back(decoder, [index])
+        policies.append(os.sched_getscheduler(decoder.pid))
+    return policies
+
+
+def test_a_removers_batches_are_decoded_at_idle_priority() -> None:
+    """`rm *`'s batches are decoded at `SCHED_IDLE`, so that the process gives its CPU
+    up at once to `rm`, the daemon and the erase; every other pass's at `SCHED_BATCH`,
+    as lookups alone have nothing to wait for meanwhile (the process would fall
+    behind them), and a reader's pass wants it awake beside them."""
+    assert REMOVAL_POLICY == os.SCHED_IDLE
+    kinds = [PassKind.REMOVE, PassKind.LOOKUP, PassKind.REMOVE, PassKind.READ]
+    with case_store("linux6.12-kmsg8-deflate-5oops") as store, decoding(store) as decoder:
+        assert policies_after(decoder, kinds) == [
+            os.SCHED_IDLE, os.SCHED_BATCH, os.SCHED_IDLE, os.SCHED_BATCH]
+
+
+def test_without_the_right_to_come_back_it_never_idles() -> None:
+    """Coming back from `SCHED_IDLE` takes CAP_SYS_NICE (or an RLIMIT_NICE allowing it),
+    which an unprivileged daemon lacks: there a remover's batch is decoded at
+    `SCHED_BATCH`, lest the process stay idle for the reader after it. (Root without
+    CAP_SYS_NICE, through setpriv, as the kernel checks the capability.)"""
+    setpriv = shutil.which("setpriv")
+    require(setpriv is not None, "setpriv (Debian package util-linux)")
+    script = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "import test_decoder as t\n"
+        "from pstorefs.fs.decoder import PassKind\n"
+        "with t.case_store('linux6.12-kmsg8-deflate-5oops') as store, "
+        "t.decoding(store) as decoder:\n"
+        "    print(t.policies_after(decoder, [PassKind.REMOVE, PassKind.READ]))\n")
+    here = Path(__file__).resolve()
+    out = subprocess.run(
+        [setpriv, "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice", sys.executable,
+         "-c", script, str(here.parent), str(here.parents[1])],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == str([os.SCHED_BATCH, os.SCHED_BATCH])
 
 
 def test_once_given_up_nothing_is_asked_until_all_is_back() -> None:
@@ -285,7 +337,7 @@ def test_stop_reaps_it_and_a_dead_one_is_decoded_without() -> None:
 CHILD = """
 import sys
 from pstorefs.cli.options import parse_options
-from pstorefs.fs.decoder import DecodeProcess
+from pstorefs.fs.decoder import REMOVAL_POLICY, DecodeProcess, PassKind
 from pstorefs.store import open_store
 store = open_store(sys.argv[1], parse_options([sys.argv[2] + ",ro"]).store)
 decoder = DecodeProcess.fork(store, list(store.records))
