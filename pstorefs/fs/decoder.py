@@ -20,6 +20,7 @@ import enum
 import fcntl
 import logging
 import os
+import resource
 import select
 import signal
 import struct
@@ -45,6 +46,7 @@ batches of indexes on the way there (more would only queue work a jump made stal
 
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
+_CAP_SYS_NICE = 23
 
 SEND_AT = 256 << 10
 SEND_PARTS = 512
@@ -255,12 +257,12 @@ def _serve(store: Store, records: Files, requests: int, results: int,
     _close_all_but({0, 1, 2, store.device.fd, requests, results})
     with contextlib.suppress(OSError):  # the readers and the loop come first
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    policy = os.sched_getscheduler(0)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     spins = _cpus() > 1
     os.set_blocking(requests, not spins)
     idles = _may_leave_idle()
-    policy = os.SCHED_BATCH
     pending = b""
     awake = False  # by read, not by batch: a plain batch read with a reader's costs AWAKE
     while chunk := _next_requests(requests, awake and spins):
@@ -274,7 +276,7 @@ def _serve(store: Store, records: Files, requests: int, results: int,
             try:
                 os.sched_setscheduler(0, wanted, os.sched_param(0))
                 policy = wanted
-            except OSError:  # refused after all: stay as it is from now on
+            except OSError:  # not expected (`_may_leave_idle`): switch no more
                 idles = False
         parts: list[bytes] = []
         size = 0
@@ -309,17 +311,20 @@ def _next_requests(requests: int, awake: bool) -> bytes:
 
 
 def _may_leave_idle() -> bool:
-    """Whether the process may go back from `SCHED_IDLE` to `SCHED_BATCH`. That takes
-    the right to raise its priority (CAP_SYS_NICE, or an RLIMIT_NICE that allows its nice
-    value), which an unprivileged daemon lacks: lowering its nice value by one, then
-    restoring it, tells without going anywhere it could not come back from."""
-    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    """Whether the process may go back from `SCHED_IDLE` to `SCHED_BATCH`: the kernel
+    lets it only with CAP_SYS_NICE, or an RLIMIT_NICE that allows its nice value
+    (`can_nice`), which an unprivileged daemon lacks."""
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice - 1)
-    except OSError:
-        return False
-    os.setpriority(os.PRIO_PROCESS, 0, nice)
-    return True
+        with open("/proc/self/status") as fh:
+            effective = next(int(line.split()[1], 16) for line in fh
+                             if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        effective = 0
+    if effective & (1 << _CAP_SYS_NICE):
+        return True
+    allowed = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    return allowed == resource.RLIM_INFINITY or 20 - nice <= allowed
 
 
 def _cpus() -> float:

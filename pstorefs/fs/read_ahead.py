@@ -107,19 +107,22 @@ class ReadAhead:
         """Record `index` is looked up, or `opened`: read ahead of it if in order. What
         the pass did since the last batch tells the decoding process how to decode the
         next (`PassKind`): records opened, a reader's (`cat *`); else records removed,
-        `rm *`'s; else lookups alone."""
+        `rm *`'s; else lookups alone. A request out of order starts another pass,
+        which has done nothing yet."""
+        if index not in (self._last, self._last + 1):
+            self._opened = self._removed = False
         self._opened |= opened
         batch = self._next_batch(index)
         if not batch:
             return
+        kind = (PassKind.READ if self._opened else
+                PassKind.REMOVE if self._removed else PassKind.LOOKUP)
+        self._opened = self._removed = False
         if self.decoder is not None and self.decoder.usable:
             if not self._receiving:
                 self._receiving = True
                 trio.lowlevel.spawn_system_task(logged(functools.partial(self._receive,
                                                                          self.decoder)))
-            kind = (PassKind.READ if self._opened else
-                    PassKind.REMOVE if self._removed else PassKind.LOOKUP)
-            self._opened = self._removed = False
             if self.decoder.ask([ahead for ahead in batch if self._store.body(
                     self._files[ahead], wait=False) is None], kind):
                 self._end = batch[-1]

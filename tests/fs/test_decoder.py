@@ -5,7 +5,6 @@ it ends with the daemon, however the daemon ends."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import select
 import shutil
@@ -14,14 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import trio
 
-from helpers.cases import BACKEND_CASES, CASES
+from helpers.cases import CASES
+from helpers.decoding import case_store, decoding, policies_after, until_back
 from helpers.machine import alive, require
 from helpers.zone_writer import ZoneWriter
 from pstorefs.cli.options import parse_options
@@ -29,28 +28,10 @@ from pstorefs.format.abi import X86_64
 from pstorefs.fs import ReadAhead
 from pstorefs.fs.decoder import REMOVAL_POLICY, DecodeProcess, PassKind
 from pstorefs.fs.listing import Files, Listed
-from pstorefs.store import Decoded, RangedBody, Store, open_store
+from pstorefs.store import Decoded, RangedBody, open_store
 from pstorefs.store.device import Device
 from pstorefs.store.zone.layout import Geometry
 from pstorefs.store.zone.store import ZoneStore
-
-
-@contextmanager
-def case_store(case_id: str) -> Iterator[Store]:
-    case = next(c for c in CASES + BACKEND_CASES if c.id == case_id)
-    config = dataclasses.replace(parse_options([case.options]).store, read_only=True)
-    with closing(open_store(str(case.image), config)) as store:
-        yield store
-
-
-@contextmanager
-def decoding(store: Store) -> Iterator[DecodeProcess]:
-    decoder = DecodeProcess.fork(store, list(store.records))
-    assert decoder is not None
-    try:
-        yield decoder
-    finally:
-        decoder.stop()
 
 
 def everything_back(decoder: DecodeProcess, count: int) -> dict[int, Decoded | None]:
@@ -131,15 +112,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def until_back(decoder: DecodeProcess, indexes: Iterable[int]) -> None:
-    """Take what comes back until none of `indexes` is on its way any more."""
-    deadline = time.monotonic() + 30
-    while any(decoder.on_the_way(i) for i in indexes):
-        assert time.monotonic() < deadline, "a batch never came back"
-        select.select([decoder.results], [], [], 0.5)
-        decoder.take()
-
-
 def cpu_after(decoder: DecodeProcess, indexes: list[int], kind: PassKind,
               window: float = 0.5) -> float:
     """The share of one CPU the process used in the `window` after sending back a
@@ -180,10 +152,10 @@ def test_after_a_readers_batch_it_stays_awake_for_the_next(monkeypatch, cpus: in
 
 
 async def test_each_pass_asks_for_its_kind_of_batch(tmp_path: Path, monkeypatch) -> None:
-    """`cat *` opens the records it looks up: its batches after the first are a
-    reader's. `stat *` only looks them up, also right after a `cat` of a few records
-    whose batch ended within its reach (large records: few to a batch). `rm *` removes
-    each after its lookup: its batches after the first are a remover's. (A synthetic
+    """`cat *` opens each record it looks up: a reader's batches. `rm *` removes each:
+    a remover's. `stat *` only looks them up: lookups' batches, even right after a `cat`
+    of a few records or an `rm` of one, which asked no batch of their own (large
+    records: few to a batch): what they did is not the next pass's. (A synthetic
     partition: a pass needs several batches.)"""
     monkeypatch.setattr("pstorefs.fs.read_ahead.READ_AHEAD_BYTES", 1)  # a record a batch
     w = ZoneWriter(X86_64, 128 * 4096, kmsg_size=4096)
@@ -207,12 +179,13 @@ async def test_each_pass_asks_for_its_kind_of_batch(tmp_path: Path, monkeypatch)
         listed = Listed(len(records))
         read_ahead = ReadAhead(store, Files(records, []), listed, len(records))
         read_ahead.decoder = decoder
-        passes = [("cat *", len(records), PassKind.READ), ("cat", 3, PassKind.READ),
-                  ("stat *", len(records), PassKind.LOOKUP),
-                  ("rm *", len(records), PassKind.REMOVE)]
-        for what, count, kind in passes:
+        last = len(records) - 1
+        passes = [("cat *", range(last), PassKind.READ), ("cat", range(3), PassKind.READ),
+                  ("rm", [last], PassKind.REMOVE), ("stat *", range(last), PassKind.LOOKUP),
+                  ("rm *", range(last), PassKind.REMOVE)]
+        for what, indexes, kind in passes:
             asked.clear()
-            for index in range(count):
+            for index in indexes:
                 read_ahead.requested(index)
                 if kind is PassKind.READ:
                     read_ahead.requested(index, opened=True)
@@ -220,27 +193,19 @@ async def test_each_pass_asks_for_its_kind_of_batch(tmp_path: Path, monkeypatch)
                     listed.discard(index)
                     read_ahead.removed()
                 until_back(decoder, range(len(records)))
-            if count > 3:
-                assert len(asked) > 3 and asked[1:] == [kind] * (len(asked) - 1), \
-                    (what, asked)
+            if len(indexes) > 3:
+                assert len(asked) > 3, (what, asked)
+                assert asked == [kind] * len(asked), (what, asked)
 
 
-def policies_after(decoder: DecodeProcess, kinds: list[PassKind]) -> list[int]:
-    """The process's scheduling policy after each batch of one record, asked for a
-    pass of each of `kinds` in turn."""
-    policies = []
-    for index, kind in enumerate(kinds):
-        assert decoder.ask([index], kind)
-        until_back(decoder, [index])
-        policies.append(os.sched_getscheduler(decoder.pid))
-    return policies
-
-
+@pytest.mark.root
 def test_a_removers_batches_are_decoded_at_idle_priority() -> None:
     """`rm *`'s batches are decoded at `SCHED_IDLE`, so that the process gives its CPU
     up at once to `rm`, the daemon and the erase; every other pass's at `SCHED_BATCH`,
     as lookups alone have nothing to wait for meanwhile (the process would fall
-    behind them), and a reader's pass wants it awake beside them."""
+    behind them), and a reader's pass wants it awake beside them. (Root: coming back
+    from `SCHED_IDLE` takes CAP_SYS_NICE.)"""
+    require(os.geteuid() == 0, "root (CAP_SYS_NICE)")
     assert REMOVAL_POLICY == os.SCHED_IDLE
     kinds = [PassKind.REMOVE, PassKind.LOOKUP, PassKind.REMOVE, PassKind.READ]
     with case_store("linux6.12-kmsg8-deflate-5oops") as store, decoding(store) as decoder:
@@ -248,26 +213,31 @@ def test_a_removers_batches_are_decoded_at_idle_priority() -> None:
             os.SCHED_IDLE, os.SCHED_BATCH, os.SCHED_IDLE, os.SCHED_BATCH]
 
 
-def test_without_the_right_to_come_back_it_never_idles() -> None:
-    """Coming back from `SCHED_IDLE` takes CAP_SYS_NICE (or an RLIMIT_NICE allowing it),
-    which an unprivileged daemon lacks: there a remover's batch is decoded at
-    `SCHED_BATCH`, lest the process stay idle for the reader after it. (Root without
+@pytest.mark.root
+@pytest.mark.parametrize("nice", [0, -20])
+def test_without_the_right_to_come_back_it_never_idles(nice: int) -> None:
+    """Coming back from `SCHED_IDLE` takes CAP_SYS_NICE (or an RLIMIT_NICE allowing the
+    process's nice value), which an unprivileged daemon lacks: there a remover's batch
+    is decoded at `SCHED_BATCH`, lest the process stay idle for the reader after it;
+    also at nice -20, which no probe by lowering it can tell. (Root without
     CAP_SYS_NICE, through setpriv, as the kernel checks the capability.)"""
     setpriv = shutil.which("setpriv")
     require(setpriv is not None, "setpriv (Debian package util-linux)")
+    require(os.geteuid() == 0, "root (setpriv drops a capability)")
     script = (
-        "import sys; sys.path[:0] = sys.argv[1:3]\n"
-        "import test_decoder as t\n"
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from helpers.decoding import case_store, decoding, policies_after\n"
         "from pstorefs.fs.decoder import PassKind\n"
-        "with t.case_store('linux6.12-kmsg8-deflate-5oops') as store, "
-        "t.decoding(store) as decoder:\n"
-        "    print(t.policies_after(decoder, [PassKind.REMOVE, PassKind.READ]))\n")
-    here = Path(__file__).resolve()
-    out = subprocess.run(
-        [setpriv, "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice", sys.executable,
-         "-c", script, str(here.parent), str(here.parents[1])],
-        capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.strip() == str([os.SCHED_BATCH, os.SCHED_BATCH])
+        "with case_store('linux6.12-kmsg8-deflate-5oops') as store, "
+        "decoding(store) as decoder:\n"
+        "    print(policies_after(decoder, [PassKind.REMOVE, PassKind.READ]))\n")
+    tests = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        ["nice", "-n", str(nice), setpriv, "--bounding-set", "-sys_nice", "--inh-caps",
+         "-sys_nice", sys.executable, "-c", script, tests],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([os.SCHED_BATCH, os.SCHED_BATCH])
 
 
 def test_once_given_up_nothing_is_asked_until_all_is_back() -> None:
@@ -337,7 +307,7 @@ def test_stop_reaps_it_and_a_dead_one_is_decoded_without() -> None:
 CHILD = """
 import sys
 from pstorefs.cli.options import parse_options
-from pstorefs.fs.decoder import REMOVAL_POLICY, DecodeProcess, PassKind
+from pstorefs.fs.decoder import DecodeProcess
 from pstorefs.store import open_store
 store = open_store(sys.argv[1], parse_options([sys.argv[2] + ",ro"]).store)
 decoder = DecodeProcess.fork(store, list(store.records))
