@@ -312,15 +312,18 @@ def _next_requests(requests: int, awake: bool) -> bytes:
 
 def _may_leave_idle() -> bool:
     """Whether the process may go back from `SCHED_IDLE` to `SCHED_BATCH`: the kernel
-    lets it only with CAP_SYS_NICE, or an RLIMIT_NICE that allows its nice value
-    (`can_nice`), which an unprivileged daemon lacks."""
+    lets it only with CAP_SYS_NICE in the initial user namespace (a container's root
+    has it in its own only), or an RLIMIT_NICE that allows its nice value (`can_nice`);
+    an unprivileged daemon has neither."""
     try:
+        with open("/proc/self/uid_map") as fh:
+            initial = fh.read().split() == ["0", "0", str(2**32 - 1)]
         with open("/proc/self/status") as fh:
             effective = next(int(line.split()[1], 16) for line in fh
                              if line.startswith("CapEff:"))
     except (OSError, StopIteration, ValueError):
-        effective = 0
-    if effective & (1 << _CAP_SYS_NICE):
+        initial, effective = False, 0
+    if initial and effective & (1 << _CAP_SYS_NICE):
         return True
     allowed = resource.getrlimit(resource.RLIMIT_NICE)[0]
     nice = os.getpriority(os.PRIO_PROCESS, 0)
